@@ -1,0 +1,164 @@
+//! The public error types.
+//!
+//! Invariant: expected outcomes of normal operation (a duplicate request, a key reused with a
+//! different intent, a key awaiting reconciliation) are *values* returned by the gate, never
+//! errors. An [`Error`] means the caller's input was invalid or the ledger cannot do its job.
+
+use std::path::PathBuf;
+
+use crate::payment::Rejection;
+
+/// Input that a validated type refuses. Returned by every constructor that takes caller,
+/// provider or disk input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// A text field is shorter or longer than its bounds (in bytes).
+    #[error("{field} is {len} bytes, must be {min} to {max}")]
+    Length {
+        /// Which field.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// Smallest accepted length.
+        min: usize,
+        /// Largest accepted length.
+        max: usize,
+    },
+    /// A text field holds a byte it may not hold.
+    #[error("{field} has a forbidden character at byte {index}: {expected}")]
+    Character {
+        /// Which field.
+        field: &'static str,
+        /// Byte offset of the first forbidden character.
+        index: usize,
+        /// What the field accepts.
+        expected: &'static str,
+    },
+    /// Amounts are positive.
+    #[error("amount must not be zero")]
+    AmountZero,
+    /// Amounts are bounded by [`crate::limits::AMOUNT_MINOR_MAX`].
+    #[error("amount {amount} exceeds the maximum {max}")]
+    AmountTooLarge {
+        /// The amount given.
+        amount: u64,
+        /// The largest accepted amount.
+        max: u64,
+    },
+    /// Too many metadata entries.
+    #[error("metadata has {count} entries, at most {max} are allowed")]
+    MetadataEntries {
+        /// Entries given.
+        count: usize,
+        /// Entries allowed.
+        max: usize,
+    },
+    /// Attempt numbers run from 1 to [`crate::limits::ATTEMPTS_MAX`].
+    #[error("attempt {attempt} is out of range 1 to {max}")]
+    AttemptOutOfRange {
+        /// The attempt number given.
+        attempt: u32,
+        /// The largest attempt number.
+        max: u32,
+    },
+    /// A configuration value is out of its range.
+    #[error("config {field} is {value}, must be {min} to {max}")]
+    Config {
+        /// Which setting.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// Smallest accepted value.
+        min: u64,
+        /// Largest accepted value.
+        max: u64,
+    },
+}
+
+/// Everything that can go wrong in payledger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Caller or provider input was invalid.
+    #[error("invalid input")]
+    Input(#[from] InputError),
+
+    /// The fold refused an event: appending it would allow an illegal state.
+    #[error("event refused")]
+    Rejected(#[from] Rejection),
+
+    /// Another process or handle owns the ledger directory.
+    #[error("{} is locked by another process or handle", dir.display())]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
+
+    /// The directory holds no journal and the caller asked not to create one.
+    #[error("{} holds no payledger journal", dir.display())]
+    NotFound {
+        /// The directory.
+        dir: PathBuf,
+    },
+
+    /// Bytes on disk are not what was written: a checksum, chain, sequence or header check
+    /// failed somewhere other than a torn tail. Nothing is skipped: the journal refuses to open.
+    #[error("journal corrupt in segment {segment} at offset {offset}: {what}")]
+    Corrupt {
+        /// Segment number.
+        segment: u64,
+        /// Byte offset inside the segment file.
+        offset: u64,
+        /// Which check failed.
+        what: String,
+    },
+
+    /// A write or sync failed earlier; the journal refuses all appends until reopened, because
+    /// what is on disk after a failed `fdatasync` is unknown.
+    #[error("journal is poisoned by an earlier write or sync failure; reopen it")]
+    Poisoned,
+
+    /// One append is larger than a record or segment can hold.
+    #[error("append too large: {what}")]
+    TooLarge {
+        /// Which bound was exceeded.
+        what: String,
+    },
+
+    /// A record payload could not be encoded or decoded.
+    #[error("codec: {what}")]
+    Codec {
+        /// What failed.
+        what: String,
+    },
+
+    /// The sled index failed; the journal is unaffected and the index can be rebuilt.
+    #[error("index: {what}")]
+    Index {
+        /// What failed.
+        what: String,
+    },
+
+    /// A ticket was presented to a ledger that did not issue it, or twice.
+    #[error("ticket for {key} attempt {attempt} is not live in this ledger")]
+    StaleTicket {
+        /// The ticket's key.
+        key: String,
+        /// The ticket's attempt.
+        attempt: u32,
+    },
+
+    /// An I/O operation failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// payledger's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,287 @@
+//! Events: the facts payledger records, in past tense. Data only.
+//!
+//! Invariant: an event, once appended, is never rewritten or deleted; a correction is a new
+//! event. Every event names its key and carries its own time, so folding a key's events needs
+//! nothing but the events.
+
+use serde::{Deserialize, Serialize};
+
+use crate::intent::{Fingerprint, Intent};
+use crate::key::{
+    Amount, AttemptNumber, DeclineCode, IdempotencyKey, Note, Operator, ProviderReference,
+    TransactionId, UnixMillis,
+};
+
+/// One fact about one idempotency key.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Event {
+    /// The key the fact is about.
+    pub key: IdempotencyKey,
+    /// When the ledger recorded it (the caller's or simulator's clock, never read by the fold).
+    pub at: UnixMillis,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The caller asked for a payment under this key.
+    IntentRecorded {
+        /// The request.
+        intent: Intent,
+        /// Its fingerprint, stored so that a reused key is recognised without re-hashing.
+        fingerprint: Fingerprint,
+    },
+    /// An attempt was about to be sent to the provider. Durable *before* the provider call.
+    AttemptStarted {
+        /// Which attempt.
+        attempt: AttemptNumber,
+        /// The reference sent to the provider, derived from (key, attempt).
+        provider_reference: ProviderReference,
+    },
+    /// The result of the provider call, as the caller saw it.
+    OutcomeReported {
+        /// Which attempt.
+        attempt: AttemptNumber,
+        /// What the caller learned.
+        outcome: Outcome,
+    },
+    /// The reconciler asked the provider about an attempt.
+    ProviderQueried {
+        /// Which attempt.
+        attempt: AttemptNumber,
+        /// What the provider answered.
+        answer: QueryAnswer,
+    },
+    /// Evidence about an attempt arrived from outside a call: a webhook or a settlement line.
+    EvidenceReceived {
+        /// Which attempt.
+        attempt: AttemptNumber,
+        /// Where it came from.
+        source: EvidenceSource,
+        /// What it says.
+        finding: Finding,
+    },
+    /// The key was handed to a human: the reconciler could not settle it within its bounds.
+    EscalatedToReview {
+        /// Which attempt.
+        attempt: AttemptNumber,
+        /// Why.
+        reason: ReviewReason,
+    },
+    /// An operator settled an unknown or in-review attempt.
+    ResolvedByOperator {
+        /// Which attempt.
+        attempt: AttemptNumber,
+        /// The operator's finding.
+        resolution: Resolution,
+        /// Who.
+        operator: Operator,
+        /// Why.
+        note: Note,
+    },
+    /// Evidence contradicted what the ledger held, e.g. a success for an attempt considered
+    /// not charged, or a second success. The key needs a refund or a human.
+    ConflictDetected {
+        /// Which attempt the evidence is about.
+        attempt: AttemptNumber,
+        /// Where it came from.
+        source: EvidenceSource,
+        /// What it says.
+        finding: Finding,
+    },
+}
+
+/// The result of one provider call as the caller classified it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The provider charged.
+    Succeeded {
+        /// The provider's id for the charge.
+        transaction_id: TransactionId,
+        /// The amount charged.
+        amount: Amount,
+    },
+    /// The provider refused the charge.
+    Declined {
+        /// The provider's code.
+        code: DeclineCode,
+    },
+    /// The request provably never reached the provider.
+    NotSent {
+        /// How that is known.
+        reason: NotSentReason,
+    },
+    /// The request may or may not have been processed.
+    Unknown {
+        /// Why the outcome is unknown.
+        reason: UnknownReason,
+    },
+}
+
+/// How a caller knows a request never reached the provider.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum NotSentReason {
+    /// The connection was refused before any byte was sent.
+    ConnectionRefused,
+    /// The deadline passed before the request was sent.
+    DeadlineBeforeSend,
+    /// The provider rejected the request as malformed before processing it (a 4xx that the
+    /// provider documents as "not processed").
+    RejectedBeforeProcessing,
+}
+
+/// Why an outcome is unknown.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum UnknownReason {
+    /// No reply before the deadline.
+    Timeout,
+    /// The connection dropped after the request was sent.
+    ConnectionLost,
+    /// The provider answered with a server error.
+    ProviderError {
+        /// The HTTP-like status.
+        status: u16,
+    },
+    /// The provider's reply could not be understood.
+    UnparseableReply,
+    /// The reply arrived but could not be written to the journal.
+    LocalWriteFailed,
+    /// The process that held the attempt ended without recording an outcome.
+    ProcessEnded,
+    /// The caller dropped its ticket without recording an outcome.
+    TicketDropped,
+}
+
+/// The provider's answer to a status query.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum QueryAnswer {
+    /// The provider has the charge and it succeeded.
+    FoundSucceeded {
+        /// The provider's id for the charge.
+        transaction_id: TransactionId,
+        /// The amount charged.
+        amount: Amount,
+    },
+    /// The provider has the request and declined it.
+    FoundDeclined {
+        /// The provider's code.
+        code: DeclineCode,
+    },
+    /// The provider has the request and has not finished it.
+    FoundPending,
+    /// The provider has no record of the reference. Trusted only as far as `policy` allows.
+    NotFound {
+        /// The reconciler's policy at the time, carried so that the fold stays pure.
+        policy: NotFoundPolicy,
+    },
+    /// The query itself failed; nothing was learned.
+    QueryFailed {
+        /// Why.
+        reason: UnknownReason,
+    },
+}
+
+/// When "not found" may be trusted: only after the provider's visibility delay (plus a margin
+/// for clock skew) has passed since the attempt started, and after enough consistent answers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct NotFoundPolicy {
+    /// How long after a charge the provider may still not show it.
+    pub visibility_delay_ms: u64,
+    /// Extra wait for skew between our clock and the provider's.
+    pub clock_skew_margin_ms: u64,
+    /// Consecutive "not found" answers required, including this one.
+    pub consistent_answers_min: u32,
+}
+
+/// Where evidence came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum EvidenceSource {
+    /// A provider webhook.
+    Webhook,
+    /// A settlement or payout report line.
+    Settlement,
+    /// A status query answer.
+    Query,
+    /// The reply to the call itself, arriving after the attempt was settled otherwise.
+    Reply,
+}
+
+/// What a piece of evidence says about an attempt.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Finding {
+    /// The attempt charged.
+    Charged {
+        /// The provider's id for the charge.
+        transaction_id: TransactionId,
+        /// The amount charged.
+        amount: Amount,
+    },
+    /// The attempt was declined.
+    Declined {
+        /// The provider's code.
+        code: DeclineCode,
+    },
+}
+
+/// Why a key went to manual review.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ReviewReason {
+    /// The reconciler asked this many times without a definitive answer.
+    QueriesExhausted {
+        /// Queries made.
+        queries: u32,
+    },
+    /// An operator or the service asked for it.
+    Requested,
+}
+
+/// An operator's finding for an unknown or in-review attempt.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Resolution {
+    /// The attempt charged (seen in the provider's dashboard, say).
+    Charged {
+        /// The provider's id for the charge.
+        transaction_id: TransactionId,
+        /// The amount charged.
+        amount: Amount,
+    },
+    /// The attempt was declined.
+    Declined {
+        /// The provider's code.
+        code: DeclineCode,
+    },
+    /// The attempt provably did not charge; a new attempt may be made.
+    NotCharged,
+}
+
+impl EventKind {
+    /// The attempt the event is about, if any.
+    pub fn attempt(&self) -> Option<AttemptNumber> {
+        match self {
+            EventKind::IntentRecorded { .. } => None,
+            EventKind::AttemptStarted { attempt, .. }
+            | EventKind::OutcomeReported { attempt, .. }
+            | EventKind::ProviderQueried { attempt, .. }
+            | EventKind::EvidenceReceived { attempt, .. }
+            | EventKind::EscalatedToReview { attempt, .. }
+            | EventKind::ResolvedByOperator { attempt, .. }
+            | EventKind::ConflictDetected { attempt, .. } => Some(*attempt),
+        }
+    }
+
+    /// A short name for logs, errors and the CLI.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::IntentRecorded { .. } => "intent recorded",
+            EventKind::AttemptStarted { .. } => "attempt started",
+            EventKind::OutcomeReported { .. } => "outcome reported",
+            EventKind::ProviderQueried { .. } => "provider queried",
+            EventKind::EvidenceReceived { .. } => "evidence received",
+            EventKind::EscalatedToReview { .. } => "escalated to review",
+            EventKind::ResolvedByOperator { .. } => "resolved by operator",
+            EventKind::ConflictDetected { .. } => "conflict detected",
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Validated newtypes for everything the ledger is keyed or measured by.
+//!
+//! Invariant: a value of any type here satisfies its documented bounds. Constructors and serde
+//! deserialisation both go through the same validation, so bytes from disk and input from a
+//! caller or a provider are checked alike and a bad value is an [`InputError`], never a panic.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::InputError;
+use crate::limits::{
+    ACCOUNT_ID_LEN_MAX, AMOUNT_MINOR_MAX, ATTEMPTS_MAX, CURRENCY_LEN, CUSTOMER_REF_LEN_MAX,
+    DECLINE_CODE_LEN_MAX, DESCRIPTION_LEN_MAX, IDEMPOTENCY_KEY_LEN_MAX, NOTE_LEN_MAX,
+    OPERATOR_LEN_MAX, PROVIDER_REFERENCE_LEN_MAX, TRANSACTION_ID_LEN_MAX,
+};
+
+/// Checks that `s` is `min..=max` bytes of visible ASCII (0x21–0x7E). Identifiers travel in
+/// HTTP headers and shell arguments, where spaces and control characters cause grief.
+pub(crate) fn check_identifier(
+    field: &'static str,
+    s: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), InputError> {
+    check_len(field, s, min, max)?;
+    match s.bytes().position(|b| !b.is_ascii_graphic()) {
+        Some(index) => Err(InputError::Character {
+            field,
+            index,
+            expected: "printable ASCII without spaces (0x21 to 0x7E)",
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks that `s` is `min..=max` bytes of UTF-8 text without control characters.
+pub(crate) fn check_text(
+    field: &'static str,
+    s: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), InputError> {
+    check_len(field, s, min, max)?;
+    match s.char_indices().find(|(_, c)| c.is_control()) {
+        Some((index, _)) => Err(InputError::Character {
+            field,
+            index,
+            expected: "text without control characters",
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_len(field: &'static str, s: &str, min: usize, max: usize) -> Result<(), InputError> {
+    if (min..=max).contains(&s.len()) {
+        Ok(())
+    } else {
+        Err(InputError::Length {
+            field,
+            len: s.len(),
+            min,
+            max,
+        })
+    }
+}
+
+/// Declares a validated string newtype: constructor, accessors, `Display`, and serde through
+/// the same validation.
+macro_rules! string_newtype {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $check:ident, $min:expr, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            #[doc = concat!("Validates and wraps a ", $field, ".")]
+            ///
+            /// # Errors
+            /// [`InputError::Length`] or [`InputError::Character`] when the bounds are not met.
+            pub fn new(value: impl Into<String>) -> Result<Self, InputError> {
+                let value = value.into();
+                $check($field, &value, $min, $max)?;
+                Ok(Self(value))
+            }
+
+            /// The value as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InputError;
+            fn try_from(value: String) -> Result<Self, InputError> {
+                Self::new(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// The caller's idempotency key: 1 to 255 bytes of visible ASCII. One key is one payment
+    /// intent, forever; it is never reusable.
+    ///
+    /// ```
+    /// use payledger::IdempotencyKey;
+    /// assert!(IdempotencyKey::new("order-1842/pay").is_ok());
+    /// assert!(IdempotencyKey::new("").is_err());
+    /// assert!(IdempotencyKey::new("café").is_err());
+    /// ```
+    IdempotencyKey, "idempotency key", check_identifier, 1, IDEMPOTENCY_KEY_LEN_MAX
+);
+string_newtype!(
+    /// The merchant or account a payment is for: 1 to 64 bytes of visible ASCII.
+    AccountId, "account id", check_identifier, 1, ACCOUNT_ID_LEN_MAX
+);
+string_newtype!(
+    /// The service's reference for the paying customer: 1 to 128 bytes of visible ASCII.
+    CustomerRef, "customer reference", check_identifier, 1, CUSTOMER_REF_LEN_MAX
+);
+string_newtype!(
+    /// A free-text description: 1 to 500 bytes of UTF-8 without control characters.
+    Description, "description", check_text, 1, DESCRIPTION_LEN_MAX
+);
+string_newtype!(
+    /// The provider's id for a transaction: 1 to 128 bytes of visible ASCII.
+    TransactionId, "transaction id", check_identifier, 1, TRANSACTION_ID_LEN_MAX
+);
+string_newtype!(
+    /// A provider's decline or error code: 1 to 64 bytes of visible ASCII.
+    DeclineCode, "decline code", check_identifier, 1, DECLINE_CODE_LEN_MAX
+);
+string_newtype!(
+    /// Who resolved a review: 1 to 64 bytes of visible ASCII (a login or e-mail address).
+    Operator, "operator", check_identifier, 1, OPERATOR_LEN_MAX
+);
+string_newtype!(
+    /// Why an operator resolved a review as they did: up to 1000 bytes of text.
+    Note, "note", check_text, 0, NOTE_LEN_MAX
+);
+string_newtype!(
+    /// The reference sent to the provider for one attempt, usable as the provider's own
+    /// idempotency key. Derived by [`ProviderReference::derive`]; at most 64 characters.
+    ProviderReference, "provider reference", check_identifier, 1, PROVIDER_REFERENCE_LEN_MAX
+);
+
+impl ProviderReference {
+    /// Derives the provider reference of `attempt` for `key`: `pl_` + 40 hex digits of a
+    /// blake3 keyed derivation over (key, attempt) + `_` + the attempt number. The same inputs
+    /// always give the same reference, so the reference sent before a crash is known after it.
+    ///
+    /// ```
+    /// use payledger::{AttemptNumber, IdempotencyKey, ProviderReference};
+    /// let key = IdempotencyKey::new("order-1")?;
+    /// let first = ProviderReference::derive(&key, AttemptNumber::FIRST);
+    /// assert_eq!(first, ProviderReference::derive(&key, AttemptNumber::FIRST));
+    /// assert!(first.as_str().len() <= 64);
+    /// # Ok::<(), payledger::InputError>(())
+    /// ```
+    pub fn derive(key: &IdempotencyKey, attempt: AttemptNumber) -> Self {
+        let mut hasher = blake3::Hasher::new_derive_key("payledger 2026-11 provider reference v1");
+        let key_len = u32::try_from(key.as_str().len()).unwrap_or(u32::MAX);
+        hasher.update(&key_len.to_le_bytes());
+        hasher.update(key.as_str().as_bytes());
+        hasher.update(&attempt.get().to_le_bytes());
+        let hex = hasher.finalize().to_hex();
+        let text = format!("pl_{}_{}", &hex[..40], attempt.get());
+        debug_assert!(text.len() <= PROVIDER_REFERENCE_LEN_MAX);
+        Self(text)
+    }
+
+    /// The attempt number encoded at the end of a derived reference, if it has that shape.
+    pub fn attempt(&self) -> Option<AttemptNumber> {
+        let (_, number) = self.0.rsplit_once('_')?;
+        AttemptNumber::new(number.parse().ok()?).ok()
+    }
+}
+
+/// An amount in the currency's minor units (cents for EUR): 1 to
+/// [`AMOUNT_MINOR_MAX`](crate::limits::AMOUNT_MINOR_MAX).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Amount(u64);
+
+impl Amount {
+    /// Validates an amount in minor units.
+    ///
+    /// # Errors
+    /// [`InputError::AmountZero`] or [`InputError::AmountTooLarge`].
+    pub fn new(minor: u64) -> Result<Self, InputError> {
+        if minor == 0 {
+            Err(InputError::AmountZero)
+        } else if minor > AMOUNT_MINOR_MAX {
+            Err(InputError::AmountTooLarge {
+                amount: minor,
+                max: AMOUNT_MINOR_MAX,
+            })
+        } else {
+            Ok(Self(minor))
+        }
+    }
+
+    /// The amount in minor units.
+    pub fn minor(self) -> u64 {
+        self.0
+    }
+}
+
+impl TryFrom<u64> for Amount {
+    type Error = InputError;
+    fn try_from(minor: u64) -> Result<Self, InputError> {
+        Self::new(minor)
+    }
+}
+
+impl From<Amount> for u64 {
+    fn from(amount: Amount) -> u64 {
+        amount.0
+    }
+}
+
+impl fmt::Debug for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Amount({})", self.0)
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An ISO-4217 alphabetic currency code: exactly three upper-case ASCII letters. The shape is
+/// checked, not membership in the current ISO list, which changes over time.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency([u8; CURRENCY_LEN]);
+
+impl Currency {
+    /// Validates a currency code such as `"EUR"`.
+    ///
+    /// # Errors
+    /// [`InputError::Length`] or [`InputError::Character`] (lower case is refused).
+    pub fn new(code: &str) -> Result<Self, InputError> {
+        check_len("currency", code, CURRENCY_LEN, CURRENCY_LEN)?;
+        let bytes = code.as_bytes();
+        if let Some(index) = bytes.iter().position(|b| !b.is_ascii_uppercase()) {
+            return Err(InputError::Character {
+                field: "currency",
+                index,
+                expected: "upper-case ASCII letters",
+            });
+        }
+        Ok(Self([bytes[0], bytes[1], bytes[2]]))
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        // Only upper-case ASCII letters are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("???")
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = InputError;
+    fn try_from(code: String) -> Result<Self, InputError> {
+        Self::new(&code)
+    }
+}
+
+impl From<Currency> for String {
+    fn from(currency: Currency) -> String {
+        currency.as_str().to_owned()
+    }
+}
+
+impl fmt::Debug for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Currency({})", self.as_str())
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The number of one provider call for a key, from 1 to
+/// [`ATTEMPTS_MAX`](crate::limits::ATTEMPTS_MAX).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct AttemptNumber(u32);
+
+impl AttemptNumber {
+    /// The first attempt.
+    pub const FIRST: AttemptNumber = AttemptNumber(1);
+
+    /// Validates an attempt number.
+    ///
+    /// # Errors
+    /// [`InputError::AttemptOutOfRange`] outside `1..=ATTEMPTS_MAX`.
+    pub fn new(number: u32) -> Result<Self, InputError> {
+        if (1..=ATTEMPTS_MAX).contains(&number) {
+            Ok(Self(number))
+        } else {
+            Err(InputError::AttemptOutOfRange {
+                attempt: number,
+                max: ATTEMPTS_MAX,
+            })
+        }
+    }
+
+    /// The number.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The attempt after this one, or `None` when this is the last one allowed.
+    pub fn next(self) -> Option<AttemptNumber> {
+        AttemptNumber::new(self.0 + 1).ok()
+    }
+}
+
+impl TryFrom<u32> for AttemptNumber {
+    type Error = InputError;
+    fn try_from(number: u32) -> Result<Self, InputError> {
+        Self::new(number)
+    }
+}
+
+impl From<AttemptNumber> for u32 {
+    fn from(attempt: AttemptNumber) -> u32 {
+        attempt.0
+    }
+}
+
+impl fmt::Debug for AttemptNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Attempt({})", self.0)
+    }
+}
+
+impl fmt::Display for AttemptNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A point in time as milliseconds since the Unix epoch. Events carry their time; the fold
+/// never reads a clock.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug, Serialize, Deserialize,
+)]
+pub struct UnixMillis(pub u64);
+
+impl UnixMillis {
+    /// Milliseconds from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: UnixMillis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// This time plus `ms`, saturating.
+    pub fn plus_ms(self, ms: u64) -> UnixMillis {
+        UnixMillis(self.0.saturating_add(ms))
+    }
+}
+
+impl fmt::Display for UnixMillis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The position of a record in the journal, from 1, without gaps.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug, Serialize, Deserialize,
+)]
+pub struct Sequence(pub u64);
+
+impl fmt::Display for Sequence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

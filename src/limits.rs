@@ -1,0 +1,90 @@
+//! Every bound payledger enforces, as a constant with the reason for it.
+//!
+//! Invariant: everything that grows with input — keys, texts, metadata, attempts, records,
+//! segments, batches, queues — has a limit here, and the code that accepts such input checks it.
+
+/// Keys come from API clients; bounding them bounds every index entry. 255 matches the
+/// idempotency-key limit of the large card providers.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+
+/// Largest amount in minor units. 10^15 stays exactly representable as an IEEE-754 double
+/// (2^53 ≈ 9.007 × 10^15), so JSON consumers of `export` never round a payment.
+pub const AMOUNT_MINOR_MAX: u64 = 1_000_000_000_000_000;
+
+/// ISO-4217 alphabetic codes are exactly three letters.
+pub const CURRENCY_LEN: usize = 3;
+
+/// Merchant or account identifiers are opaque ids chosen by the service.
+pub const ACCOUNT_ID_LEN_MAX: usize = 64;
+
+/// Customer references are opaque ids chosen by the service.
+pub const CUSTOMER_REF_LEN_MAX: usize = 128;
+
+/// Descriptions end up on statements and in provider requests; providers cap them at a few
+/// hundred bytes.
+pub const DESCRIPTION_LEN_MAX: usize = 500;
+
+/// Metadata bounds follow the common provider convention (50 entries, 40-byte keys,
+/// 500-byte values), so a payledger intent can always be forwarded.
+pub const METADATA_ENTRIES_MAX: usize = 50;
+/// See [`METADATA_ENTRIES_MAX`].
+pub const METADATA_KEY_LEN_MAX: usize = 40;
+/// See [`METADATA_ENTRIES_MAX`].
+pub const METADATA_VALUE_LEN_MAX: usize = 500;
+
+/// Attempts per key. Each attempt after the first exists only because the provider proved the
+/// previous one did not charge; more than a handful means something is wrong upstream.
+pub const ATTEMPTS_MAX: u32 = 16;
+
+/// Provider references travel in idempotency-key headers, which real providers cap at 64.
+pub const PROVIDER_REFERENCE_LEN_MAX: usize = 64;
+
+/// Transaction ids come from the provider; anything longer is treated as an unparseable reply.
+pub const TRANSACTION_ID_LEN_MAX: usize = 128;
+
+/// Decline and error codes come from the provider.
+pub const DECLINE_CODE_LEN_MAX: usize = 64;
+
+/// Operator names are logins or e-mail addresses.
+pub const OPERATOR_LEN_MAX: usize = 64;
+
+/// Operator notes explain a manual resolution; a paragraph is enough.
+pub const NOTE_LEN_MAX: usize = 1_000;
+
+/// Largest payload of one journal record. The largest event (an intent with full metadata)
+/// is about 30 KiB; 64 KiB leaves room for format growth while bounding every read buffer.
+pub const RECORD_PAYLOAD_LEN_MAX: usize = 64 * 1024;
+
+/// Smallest segment a journal may be configured with. Tiny segments exist for tests that
+/// exercise rollover; an append that cannot fit an empty segment is refused with
+/// `Error::TooLarge`, so the default segment size must hold the largest atomic append.
+pub const SEGMENT_LEN_MIN: u64 = 4 * 1024;
+
+/// Largest segment: bounds the memory `verify` and recovery use for one segment.
+pub const SEGMENT_LEN_MAX: u64 = 1024 * 1024 * 1024;
+
+/// Default segment size.
+pub const SEGMENT_LEN_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Records one caller may append atomically. The ledger needs two (intent + first attempt).
+pub const ATOMIC_RECORDS_MAX: usize = 8;
+
+/// Appends that may wait for a group commit at once; more callers block (back-pressure).
+pub const COMMIT_QUEUE_LEN_MAX: usize = 4_096;
+
+/// Records written by one group commit; bounds the size of one write.
+pub const COMMIT_BATCH_RECORDS_MAX: usize = 1_024;
+
+/// Keys the reconciler examines in one `run_once`.
+pub const RECONCILE_BATCH_MAX: usize = 1_000;
+
+/// Queries per unknown attempt before it is escalated to manual review, at most.
+pub const QUERIES_MAX: u32 = 100;
+
+/// Keys one list call returns at most.
+pub const LIST_LIMIT_MAX: usize = 10_000;
+
+const _: () = assert!(PROVIDER_REFERENCE_LEN_MAX <= 64);
+const _: () = assert!(ATTEMPTS_MAX < 100, "provider references reserve two digits");
+const _: () =
+    assert!(SEGMENT_LEN_DEFAULT > (2 * ATOMIC_RECORDS_MAX * RECORD_PAYLOAD_LEN_MAX) as u64);

@@ -1,0 +1,849 @@
+//! Fold cases as given/when/then, one for every (phase, event kind) pair, plus the rules that
+//! need more than one step.
+
+use super::*;
+use crate::event::{NotSentReason, QueryAnswer};
+use crate::intent::{Intent, Metadata};
+use crate::key::{AccountId, CustomerRef, Note, Operator};
+use crate::limits::ATTEMPTS_MAX;
+
+const T0: u64 = 1_000_000;
+
+fn key() -> IdempotencyKey {
+    IdempotencyKey::new("order-1").unwrap()
+}
+
+fn intent() -> Intent {
+    Intent {
+        amount: Amount::new(1_000).unwrap(),
+        currency: Currency::new("EUR").unwrap(),
+        account: AccountId::new("acct_1").unwrap(),
+        customer: CustomerRef::new("cus_1").unwrap(),
+        description: None,
+        metadata: Metadata::default(),
+    }
+}
+
+fn at(ms: u64, kind: EventKind) -> Event {
+    Event {
+        key: key(),
+        at: UnixMillis(T0 + ms),
+        kind,
+    }
+}
+
+fn n(attempt: u32) -> AttemptNumber {
+    AttemptNumber::new(attempt).unwrap()
+}
+
+fn txn(id: &str) -> TransactionId {
+    TransactionId::new(id).unwrap()
+}
+
+fn amount() -> Amount {
+    Amount::new(1_000).unwrap()
+}
+
+fn recorded() -> Event {
+    let intent = intent();
+    let fingerprint = intent.fingerprint();
+    at(
+        0,
+        EventKind::IntentRecorded {
+            intent,
+            fingerprint,
+        },
+    )
+}
+
+fn started(attempt: u32) -> Event {
+    at(
+        10,
+        EventKind::AttemptStarted {
+            attempt: n(attempt),
+            provider_reference: ProviderReference::derive(&key(), n(attempt)),
+        },
+    )
+}
+
+fn outcome(attempt: u32, outcome: Outcome) -> Event {
+    at(
+        20,
+        EventKind::OutcomeReported {
+            attempt: n(attempt),
+            outcome,
+        },
+    )
+}
+
+fn succeeded_outcome(id: &str) -> Outcome {
+    Outcome::Succeeded {
+        transaction_id: txn(id),
+        amount: amount(),
+    }
+}
+
+fn timeout() -> Outcome {
+    Outcome::Unknown {
+        reason: UnknownReason::Timeout,
+    }
+}
+
+fn queried(ms: u64, attempt: u32, answer: QueryAnswer) -> Event {
+    at(
+        ms,
+        EventKind::ProviderQueried {
+            attempt: n(attempt),
+            answer,
+        },
+    )
+}
+
+fn charged(id: &str) -> Finding {
+    Finding::Charged {
+        transaction_id: txn(id),
+        amount: amount(),
+    }
+}
+
+fn evidence(attempt: u32, finding: Finding) -> Event {
+    at(
+        30,
+        EventKind::EvidenceReceived {
+            attempt: n(attempt),
+            source: EvidenceSource::Webhook,
+            finding,
+        },
+    )
+}
+
+fn conflict(attempt: u32, finding: Finding) -> Event {
+    at(
+        40,
+        EventKind::ConflictDetected {
+            attempt: n(attempt),
+            source: EvidenceSource::Webhook,
+            finding,
+        },
+    )
+}
+
+fn escalated(attempt: u32) -> Event {
+    at(
+        50,
+        EventKind::EscalatedToReview {
+            attempt: n(attempt),
+            reason: ReviewReason::QueriesExhausted { queries: 5 },
+        },
+    )
+}
+
+fn resolved(attempt: u32, resolution: Resolution) -> Event {
+    at(
+        60,
+        EventKind::ResolvedByOperator {
+            attempt: n(attempt),
+            resolution,
+            operator: Operator::new("ops@example.com").unwrap(),
+            note: Note::new("checked the dashboard").unwrap(),
+        },
+    )
+}
+
+fn not_found(policy_delay_ms: u64, answers: u32) -> QueryAnswer {
+    QueryAnswer::NotFound {
+        policy: NotFoundPolicy {
+            visibility_delay_ms: policy_delay_ms,
+            clock_skew_margin_ms: 0,
+            consistent_answers_min: answers,
+        },
+    }
+}
+
+/// The events that bring a key into each phase.
+fn given(phase: &str) -> Vec<Event> {
+    let mut events = match phase {
+        "vacant" => vec![],
+        "ready" => vec![recorded()],
+        _ => vec![recorded(), started(1)],
+    };
+    match phase {
+        "unknown" => events.push(outcome(1, timeout())),
+        "in review" => events.extend([outcome(1, timeout()), escalated(1)]),
+        "succeeded" => events.push(outcome(1, succeeded_outcome("tx_1"))),
+        "declined" => events.push(outcome(1, declined_outcome())),
+        "conflict" => events.extend([
+            outcome(1, succeeded_outcome("tx_1")),
+            conflict(1, charged("tx_2")),
+        ]),
+        "exhausted" => {
+            events = vec![recorded()];
+            for attempt in 1..=ATTEMPTS_MAX {
+                events.push(started(attempt));
+                events.push(outcome(
+                    attempt,
+                    Outcome::NotSent {
+                        reason: NotSentReason::ConnectionRefused,
+                    },
+                ));
+            }
+        }
+        _ => {}
+    }
+    let state = PaymentState::fold(key(), &events).unwrap();
+    assert_eq!(state.phase.name(), phase, "given({phase}) reaches {phase}");
+    events
+}
+
+fn declined_outcome() -> Outcome {
+    Outcome::Declined {
+        code: DeclineCode::new("card_declined").unwrap(),
+    }
+}
+
+/// Given `events`, when `event` is applied, then the phase is `expected` (or the rejection).
+#[track_caller]
+fn check(given: Vec<Event>, when: Event, expected: Result<Phase, RejectionReason>) {
+    let state = PaymentState::fold(key(), &given).expect("given events fold");
+    let result = apply(&state, &when)
+        .map(|next| next.phase)
+        .map_err(|r| r.reason);
+    assert_eq!(
+        result,
+        expected,
+        "when {} in {}",
+        when.kind.name(),
+        state.phase.name()
+    );
+}
+
+/// The phase `given(name)` reaches.
+fn phase_of(name: &str) -> Phase {
+    PaymentState::fold(key(), &given(name)).unwrap().phase
+}
+
+use RejectionReason as R;
+
+fn ready(next: u32) -> Phase {
+    Phase::Ready {
+        next_attempt: n(next),
+    }
+}
+
+fn succeeded_phase(id: &str) -> Phase {
+    Phase::Succeeded {
+        attempt: n(1),
+        transaction_id: txn(id),
+        amount: amount(),
+    }
+}
+
+fn conflict_phase(id: &str) -> Phase {
+    Phase::Conflict {
+        attempt: n(1),
+        source: EvidenceSource::Webhook,
+        finding: charged(id),
+        since: UnixMillis(T0 + 40),
+    }
+}
+
+fn found(id: &str) -> QueryAnswer {
+    QueryAnswer::FoundSucceeded {
+        transaction_id: txn(id),
+        amount: amount(),
+    }
+}
+
+#[test]
+fn vacant_accepts_only_an_intent() {
+    check(given("vacant"), recorded(), Ok(ready(1)));
+    for when in [
+        started(1),
+        outcome(1, timeout()),
+        queried(70, 1, found("tx_1")),
+        evidence(1, charged("tx_1")),
+        escalated(1),
+        resolved(1, Resolution::NotCharged),
+        conflict(1, charged("tx_2")),
+    ] {
+        check(given("vacant"), when, Err(R::NoIntent));
+    }
+}
+
+#[test]
+fn ready_starts_the_next_attempt_and_nothing_else() {
+    let g = || given("ready");
+    check(g(), recorded(), Err(R::IntentAlreadyRecorded));
+    check(
+        g(),
+        started(1),
+        Ok(Phase::InFlight {
+            attempt: n(1),
+            started_at: UnixMillis(T0 + 10),
+        }),
+    );
+    check(
+        g(),
+        outcome(1, timeout()),
+        Err(R::NotInFlight { attempt: 1 }),
+    );
+    check(
+        g(),
+        queried(70, 1, found("tx_1")),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        evidence(1, charged("tx_1")),
+        Err(R::UnknownAttempt { attempt: 1 }),
+    );
+    check(
+        g(),
+        escalated(1),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        resolved(1, Resolution::NotCharged),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        conflict(1, charged("tx_2")),
+        Err(R::UnknownAttempt { attempt: 1 }),
+    );
+}
+
+#[test]
+fn in_flight_refuses_a_second_attempt_and_takes_the_outcome() {
+    let g = || given("in flight");
+    check(g(), recorded(), Err(R::IntentAlreadyRecorded));
+    check(g(), started(2), Err(R::AttemptUnresolved { attempt: 1 }));
+    check(
+        g(),
+        outcome(1, succeeded_outcome("tx_1")),
+        Ok(succeeded_phase("tx_1")),
+    );
+    check(
+        g(),
+        queried(70, 1, found("tx_1")),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        evidence(1, charged("tx_1")),
+        Ok(succeeded_phase("tx_1")),
+    );
+    check(
+        g(),
+        escalated(1),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        resolved(1, Resolution::NotCharged),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(g(), conflict(1, charged("tx_2")), Err(R::NotAConflict));
+}
+
+#[test]
+fn unknown_is_left_only_through_evidence_or_an_operator() {
+    let g = || given("unknown");
+    check(g(), recorded(), Err(R::IntentAlreadyRecorded));
+    check(g(), started(2), Err(R::AttemptUnresolved { attempt: 1 }));
+    check(
+        g(),
+        outcome(1, succeeded_outcome("tx_1")),
+        Err(R::NotInFlight { attempt: 1 }),
+    );
+    check(
+        g(),
+        queried(70, 1, found("tx_1")),
+        Ok(succeeded_phase("tx_1")),
+    );
+    check(
+        g(),
+        evidence(1, charged("tx_1")),
+        Ok(succeeded_phase("tx_1")),
+    );
+    check(
+        g(),
+        escalated(1),
+        Ok(Phase::InReview {
+            attempt: n(1),
+            started_at: UnixMillis(T0 + 10),
+            since: UnixMillis(T0 + 50),
+            reason: ReviewReason::QueriesExhausted { queries: 5 },
+        }),
+    );
+    check(g(), resolved(1, Resolution::NotCharged), Ok(ready(2)));
+    check(g(), conflict(1, charged("tx_2")), Err(R::NotAConflict));
+}
+
+#[test]
+fn in_review_waits_for_evidence_or_an_operator() {
+    let g = || given("in review");
+    check(g(), recorded(), Err(R::IntentAlreadyRecorded));
+    check(g(), started(2), Err(R::AttemptUnresolved { attempt: 1 }));
+    check(
+        g(),
+        outcome(1, succeeded_outcome("tx_1")),
+        Err(R::NotInFlight { attempt: 1 }),
+    );
+    check(
+        g(),
+        queried(70, 1, found("tx_1")),
+        Ok(succeeded_phase("tx_1")),
+    );
+    check(
+        g(),
+        evidence(1, charged("tx_1")),
+        Ok(succeeded_phase("tx_1")),
+    );
+    check(g(), escalated(1), Err(R::AlreadyInReview));
+    check(g(), resolved(1, Resolution::NotCharged), Ok(ready(2)));
+    check(g(), conflict(1, charged("tx_2")), Err(R::NotAConflict));
+}
+
+#[test]
+fn succeeded_is_final_and_a_second_success_is_a_conflict() {
+    let g = || given("succeeded");
+    check(g(), recorded(), Err(R::IntentAlreadyRecorded));
+    check(g(), started(2), Err(R::Settled));
+    check(
+        g(),
+        outcome(1, succeeded_outcome("tx_1")),
+        Err(R::NotInFlight { attempt: 1 }),
+    );
+    check(
+        g(),
+        queried(70, 1, found("tx_1")),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        evidence(1, charged("tx_1")),
+        Ok(succeeded_phase("tx_1")),
+    );
+    check(
+        g(),
+        escalated(1),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        resolved(1, Resolution::NotCharged),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        conflict(1, charged("tx_2")),
+        Ok(conflict_phase("tx_2")),
+    );
+}
+
+#[test]
+fn declined_is_final_and_a_later_charge_is_a_conflict() {
+    let g = || given("declined");
+    check(g(), recorded(), Err(R::IntentAlreadyRecorded));
+    check(g(), started(2), Err(R::Settled));
+    check(
+        g(),
+        outcome(1, succeeded_outcome("tx_1")),
+        Err(R::NotInFlight { attempt: 1 }),
+    );
+    check(
+        g(),
+        queried(70, 1, found("tx_1")),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        evidence(1, charged("tx_1")),
+        Err(R::ConflictingEvidence),
+    );
+    check(
+        g(),
+        escalated(1),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        resolved(1, Resolution::NotCharged),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        conflict(1, charged("tx_2")),
+        Ok(conflict_phase("tx_2")),
+    );
+}
+
+#[test]
+fn exhausted_is_final_and_a_later_charge_is_a_conflict() {
+    let g = || given("exhausted");
+    check(g(), recorded(), Err(R::IntentAlreadyRecorded));
+    check(g(), started(2), Err(R::Settled));
+    check(
+        g(),
+        outcome(1, succeeded_outcome("tx_1")),
+        Err(R::NotInFlight { attempt: 1 }),
+    );
+    check(
+        g(),
+        queried(70, 1, found("tx_1")),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        evidence(1, charged("tx_1")),
+        Err(R::ConflictingEvidence),
+    );
+    check(
+        g(),
+        escalated(1),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        resolved(1, Resolution::NotCharged),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        conflict(1, charged("tx_2")),
+        Ok(conflict_phase("tx_2")),
+    );
+}
+
+#[test]
+fn conflict_is_final_and_keeps_the_first_evidence() {
+    let g = || given("conflict");
+    check(g(), recorded(), Err(R::IntentAlreadyRecorded));
+    check(g(), started(2), Err(R::Settled));
+    check(
+        g(),
+        outcome(1, succeeded_outcome("tx_1")),
+        Err(R::NotInFlight { attempt: 1 }),
+    );
+    check(
+        g(),
+        queried(70, 1, found("tx_1")),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        evidence(1, charged("tx_1")),
+        Err(R::ConflictingEvidence),
+    );
+    check(
+        g(),
+        escalated(1),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        resolved(1, Resolution::NotCharged),
+        Err(R::NotAwaitingReconciliation { attempt: 1 }),
+    );
+    check(
+        g(),
+        conflict(1, charged("tx_3")),
+        Ok(conflict_phase("tx_2")),
+    );
+}
+
+#[test]
+fn not_found_is_trusted_only_after_the_delay_and_enough_answers() {
+    let mut events = given("unknown");
+    // Started at T0+10. Policy: 1000 ms delay, 2 consistent answers.
+    events.push(queried(500, 1, not_found(1_000, 2)));
+    events.push(queried(900, 1, not_found(1_000, 2)));
+    let state = PaymentState::fold(key(), &events).unwrap();
+    assert!(
+        matches!(
+            state.phase,
+            Phase::Unknown {
+                not_found_streak: 2,
+                queries: 2,
+                ..
+            }
+        ),
+        "two answers before the delay passed keep the key unknown: {:?}",
+        state.phase
+    );
+    check(
+        events.clone(),
+        queried(1_010, 1, not_found(1_000, 2)),
+        Ok(ready(2)),
+    );
+
+    // A pending answer in between breaks the streak.
+    let mut broken = given("unknown");
+    broken.push(queried(1_100, 1, not_found(1_000, 2)));
+    broken.push(queried(1_200, 1, QueryAnswer::FoundPending));
+    let pending = PaymentState::fold(key(), &broken).unwrap();
+    assert!(matches!(
+        pending.phase,
+        Phase::Unknown {
+            not_found_streak: 0,
+            pending: true,
+            ..
+        }
+    ));
+    broken.push(queried(1_300, 1, not_found(1_000, 2)));
+    let still = PaymentState::fold(key(), &broken).unwrap();
+    assert_eq!(still.phase.name(), "unknown");
+    check(broken, queried(1_400, 1, not_found(1_000, 2)), Ok(ready(2)));
+}
+
+#[test]
+fn clock_skew_margin_extends_the_wait() {
+    let answer = QueryAnswer::NotFound {
+        policy: NotFoundPolicy {
+            visibility_delay_ms: 1_000,
+            clock_skew_margin_ms: 500,
+            consistent_answers_min: 1,
+        },
+    };
+    let state = PaymentState::fold(key(), &given("unknown")).unwrap();
+    let early = apply(&state, &queried(1_400, 1, answer.clone())).unwrap();
+    assert_eq!(early.phase.name(), "unknown");
+    check(given("unknown"), queried(1_510, 1, answer), Ok(ready(2)));
+}
+
+#[test]
+fn failed_queries_count_but_never_settle() {
+    let mut events = given("unknown");
+    for i in 0..50 {
+        events.push(queried(
+            100_000 + i,
+            1,
+            QueryAnswer::QueryFailed {
+                reason: UnknownReason::Timeout,
+            },
+        ));
+    }
+    let state = PaymentState::fold(key(), &events).unwrap();
+    assert!(matches!(state.phase, Phase::Unknown { queries: 50, .. }));
+}
+
+#[test]
+fn in_review_ignores_not_found() {
+    check(
+        given("in review"),
+        queried(1_000_000, 1, not_found(0, 1)),
+        Ok(phase_of("in review")),
+    );
+}
+
+#[test]
+fn a_charge_for_an_attempt_considered_not_charged_is_a_conflict() {
+    let mut events = given("unknown");
+    events.push(queried(5_000, 1, not_found(1_000, 1)));
+    events.push(started(2));
+    check(
+        events.clone(),
+        evidence(1, charged("tx_lost")),
+        Err(R::ConflictingEvidence),
+    );
+    check(
+        events,
+        conflict(1, charged("tx_lost")),
+        Ok(Phase::Conflict {
+            attempt: n(1),
+            source: EvidenceSource::Webhook,
+            finding: charged("tx_lost"),
+            since: UnixMillis(T0 + 40),
+        }),
+    );
+}
+
+#[test]
+fn a_charge_of_the_wrong_amount_is_a_conflict() {
+    let wrong = Outcome::Succeeded {
+        transaction_id: txn("tx_1"),
+        amount: Amount::new(999).unwrap(),
+    };
+    let state = PaymentState::fold(key(), &given("in flight")).unwrap();
+    let next = apply(&state, &outcome(1, wrong)).unwrap();
+    assert_eq!(next.phase.name(), "conflict");
+    assert_eq!(
+        state.weigh(
+            n(1),
+            &Finding::Charged {
+                transaction_id: txn("tx_1"),
+                amount: Amount::new(999).unwrap()
+            }
+        ),
+        Ok(Verdict::Contradicts)
+    );
+}
+
+#[test]
+fn a_decline_reported_for_a_success_is_a_conflict() {
+    let state = PaymentState::fold(key(), &given("succeeded")).unwrap();
+    let declined = Finding::Declined {
+        code: DeclineCode::new("do_not_honor").unwrap(),
+    };
+    assert_eq!(state.weigh(n(1), &declined), Ok(Verdict::Contradicts));
+}
+
+#[test]
+fn operator_must_charge_the_intent_amount() {
+    let wrong = Resolution::Charged {
+        transaction_id: txn("tx_1"),
+        amount: Amount::new(5).unwrap(),
+    };
+    check(
+        given("in review"),
+        resolved(1, wrong),
+        Err(R::AmountMismatch {
+            expected: 1_000,
+            got: 5,
+        }),
+    );
+    let right = Resolution::Charged {
+        transaction_id: txn("tx_1"),
+        amount: amount(),
+    };
+    check(
+        given("in review"),
+        resolved(1, right),
+        Ok(succeeded_phase("tx_1")),
+    );
+}
+
+#[test]
+fn attempts_are_numbered_without_gaps_with_derived_references() {
+    check(
+        given("ready"),
+        started(2),
+        Err(R::AttemptOutOfOrder {
+            expected: 1,
+            got: 2,
+        }),
+    );
+    let forged = at(
+        10,
+        EventKind::AttemptStarted {
+            attempt: n(1),
+            provider_reference: ProviderReference::new("pl_forged_1").unwrap(),
+        },
+    );
+    check(given("ready"), forged, Err(R::ProviderReferenceMismatch));
+}
+
+#[test]
+fn not_sent_allows_the_next_attempt_until_the_bound() {
+    let mut events = given("in flight");
+    events.push(outcome(
+        1,
+        Outcome::NotSent {
+            reason: NotSentReason::DeadlineBeforeSend,
+        },
+    ));
+    check(
+        events.clone(),
+        started(2),
+        Ok(Phase::InFlight {
+            attempt: n(2),
+            started_at: UnixMillis(T0 + 10),
+        }),
+    );
+    assert_eq!(
+        phase_of("exhausted"),
+        Phase::Exhausted {
+            attempt: n(ATTEMPTS_MAX)
+        }
+    );
+}
+
+#[test]
+fn events_for_another_key_or_a_forged_fingerprint_are_refused() {
+    let mut other = started(1);
+    other.key = IdempotencyKey::new("order-2").unwrap();
+    check(given("ready"), other, Err(R::KeyMismatch));
+    let forged = at(
+        0,
+        EventKind::IntentRecorded {
+            intent: intent(),
+            fingerprint: crate::intent::Fingerprint([7; 32]),
+        },
+    );
+    check(vec![], forged, Err(R::FingerprintMismatch));
+}
+
+#[test]
+fn rejection_names_the_transition() {
+    let state = PaymentState::fold(key(), &given("in flight")).unwrap();
+    let err = apply(&state, &started(2)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "attempt started refused while in flight: attempt 1 may have charged and is not resolved"
+    );
+}
+
+#[test]
+fn decisions_cover_every_phase() {
+    let fp = intent().fingerprint();
+    let decide = |phase: &str| {
+        PaymentState::fold(key(), &given(phase))
+            .unwrap()
+            .decide(&fp)
+    };
+    assert_eq!(
+        decide("vacant"),
+        Decision::StartAttempt {
+            attempt: n(1),
+            record_intent: true
+        }
+    );
+    assert_eq!(
+        decide("ready"),
+        Decision::StartAttempt {
+            attempt: n(1),
+            record_intent: false
+        }
+    );
+    assert_eq!(decide("in flight"), Decision::InFlight { attempt: n(1) });
+    assert_eq!(
+        decide("unknown"),
+        Decision::AwaitingReconciliation { attempt: n(1) }
+    );
+    assert_eq!(decide("in review"), Decision::InReview { attempt: n(1) });
+    assert_eq!(
+        decide("succeeded"),
+        Decision::AlreadySucceeded {
+            attempt: n(1),
+            transaction_id: txn("tx_1"),
+            amount: amount()
+        }
+    );
+    assert_eq!(
+        decide("declined"),
+        Decision::AlreadyDeclined {
+            attempt: n(1),
+            code: DeclineCode::new("card_declined").unwrap()
+        }
+    );
+    assert_eq!(
+        decide("exhausted"),
+        Decision::AttemptsExhausted {
+            attempt: n(ATTEMPTS_MAX)
+        }
+    );
+    assert_eq!(decide("conflict"), Decision::InConflict { attempt: n(1) });
+
+    let mut other = intent();
+    other.amount = Amount::new(2_000).unwrap();
+    let state = PaymentState::fold(key(), &given("succeeded")).unwrap();
+    assert_eq!(
+        state.decide(&other.fingerprint()),
+        Decision::KeyReused {
+            recorded: fp,
+            requested: other.fingerprint()
+        }
+    );
+}
