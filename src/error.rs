@@ -160,5 +160,15 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
 /// payledger's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

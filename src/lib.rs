@@ -33,6 +33,7 @@
 pub mod error;
 pub mod event;
 pub mod intent;
+pub mod journal;
 pub mod key;
 pub mod limits;
 pub mod payment;
@@ -43,6 +44,8 @@ pub use event::{
     Resolution, ReviewReason, UnknownReason,
 };
 pub use intent::{Fingerprint, Intent, Metadata};
+pub use journal::storage::{CrashMode, FsStorage, SimDisk, Storage};
+pub use journal::{Journal, JournalConfig, RecoveryReport, TornTail, VerifyReport};
 pub use key::{
     AccountId, Amount, AttemptNumber, Currency, CustomerRef, DeclineCode, Description,
     IdempotencyKey, Note, Operator, ProviderReference, Sequence, TransactionId, UnixMillis,

@@ -1,0 +1,346 @@
+//! The journal's byte layout: segment headers and record framing, as pure functions over
+//! byte slices. `docs/format.md` is the specification; this file repeats it.
+//!
+//! Invariant: a record is accepted only if its crc, sequence and chain link all check; the
+//! decoder never panics and never returns a payload it did not fully verify.
+//!
+//! ```text
+//! segment header (64 bytes)
+//! offset size field
+//!  0      8   magic            b"PLJRNL\r\n"
+//!  8      4   format version   u32 LE (1)
+//! 12      4   header crc32     u32 LE over bytes 16..64
+//! 16      8   segment number   u64 LE
+//! 24      8   first sequence   u64 LE (sequence of the segment's first record)
+//! 32     32   previous hash    chain hash of the record before the first (zeros at genesis)
+//!
+//! record (52-byte header + payload)
+//! offset size field
+//!  0      4   payload length   u32 LE, 1..=RECORD_PAYLOAD_LEN_MAX
+//!  4      4   crc32            u32 LE over bytes 0..4 and 8..52+len
+//!  8      8   sequence         u64 LE, previous + 1
+//! 16      4   batch left       u32 LE, records after this one in the same atomic append
+//! 20     32   chain hash       blake3(previous hash ‖ sequence LE ‖ batch left LE ‖ payload)
+//! 52    len   payload          format-version byte + bincode event (see codec)
+//! ```
+//! After the last record a segment is zero up to its preallocated length.
+
+use crate::limits::RECORD_PAYLOAD_LEN_MAX;
+
+/// Identifies a payledger segment file. The `\r\n` catches text-mode mangling.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"PLJRNL\r\n";
+/// The segment and record framing version this code writes and reads.
+pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+
+const MAGIC_AT: usize = 0;
+const VERSION_AT: usize = MAGIC_AT + 8;
+const HEADER_CRC_AT: usize = VERSION_AT + 4;
+const SEGMENT_NUMBER_AT: usize = HEADER_CRC_AT + 4;
+const FIRST_SEQUENCE_AT: usize = SEGMENT_NUMBER_AT + 8;
+const PREVIOUS_HASH_AT: usize = FIRST_SEQUENCE_AT + 8;
+/// Length of a segment header.
+pub const SEGMENT_HEADER_LEN: usize = PREVIOUS_HASH_AT + 32;
+const _: () = assert!(SEGMENT_HEADER_LEN == 64);
+
+const PAYLOAD_LEN_AT: usize = 0;
+const CRC_AT: usize = PAYLOAD_LEN_AT + 4;
+const SEQUENCE_AT: usize = CRC_AT + 4;
+const BATCH_LEFT_AT: usize = SEQUENCE_AT + 8;
+const CHAIN_HASH_AT: usize = BATCH_LEFT_AT + 4;
+/// Length of a record header; the payload follows.
+pub const RECORD_HEADER_LEN: usize = CHAIN_HASH_AT + 32;
+const _: () = assert!(RECORD_HEADER_LEN == 4 + 4 + 8 + 4 + 32);
+
+/// A chain hash: blake3 over the previous hash and the record.
+pub type ChainHash = [u8; 32];
+
+/// The hash the first segment continues from.
+pub const GENESIS_HASH: ChainHash = [0; 32];
+
+/// A decoded segment header.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SegmentHeader {
+    /// The segment's number, from 0, matching its file name.
+    pub number: u64,
+    /// Sequence of its first record.
+    pub first_sequence: u64,
+    /// Chain hash of the record before its first.
+    pub previous_hash: ChainHash,
+}
+
+impl SegmentHeader {
+    /// The 64 header bytes.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut bytes = [0u8; SEGMENT_HEADER_LEN];
+        bytes[MAGIC_AT..VERSION_AT].copy_from_slice(&SEGMENT_MAGIC);
+        bytes[VERSION_AT..HEADER_CRC_AT].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        bytes[SEGMENT_NUMBER_AT..FIRST_SEQUENCE_AT].copy_from_slice(&self.number.to_le_bytes());
+        bytes[FIRST_SEQUENCE_AT..PREVIOUS_HASH_AT]
+            .copy_from_slice(&self.first_sequence.to_le_bytes());
+        bytes[PREVIOUS_HASH_AT..SEGMENT_HEADER_LEN].copy_from_slice(&self.previous_hash);
+        let crc = crc32fast::hash(&bytes[SEGMENT_NUMBER_AT..]);
+        bytes[HEADER_CRC_AT..SEGMENT_NUMBER_AT].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes and checks a header.
+    ///
+    /// # Errors
+    /// A description of the first failed check.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let Some(bytes) = bytes.get(..SEGMENT_HEADER_LEN) else {
+            return Err(format!(
+                "header is {} bytes, expected {SEGMENT_HEADER_LEN}",
+                bytes.len()
+            ));
+        };
+        if bytes[MAGIC_AT..VERSION_AT] != SEGMENT_MAGIC {
+            return Err("bad magic: not a payledger segment".into());
+        }
+        let version = u32_at(bytes, VERSION_AT);
+        if version != SEGMENT_FORMAT_VERSION {
+            return Err(format!("unsupported segment format version {version}"));
+        }
+        if u32_at(bytes, HEADER_CRC_AT) != crc32fast::hash(&bytes[SEGMENT_NUMBER_AT..]) {
+            return Err("header crc mismatch".into());
+        }
+        let first_sequence = u64_at(bytes, FIRST_SEQUENCE_AT);
+        if first_sequence == 0 {
+            return Err("first sequence is 0; sequences start at 1".into());
+        }
+        Ok(Self {
+            number: u64_at(bytes, SEGMENT_NUMBER_AT),
+            first_sequence,
+            previous_hash: hash_at(bytes, PREVIOUS_HASH_AT),
+        })
+    }
+}
+
+/// The chain hash of a record.
+pub fn chain_hash(
+    previous: &ChainHash,
+    sequence: u64,
+    batch_left: u32,
+    payload: &[u8],
+) -> ChainHash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(previous);
+    hasher.update(&sequence.to_le_bytes());
+    hasher.update(&batch_left.to_le_bytes());
+    hasher.update(payload);
+    *hasher.finalize().as_bytes()
+}
+
+/// Appends one framed record to `out` and returns its chain hash.
+///
+/// The payload length must already be checked against [`RECORD_PAYLOAD_LEN_MAX`].
+pub fn encode_record(
+    out: &mut Vec<u8>,
+    previous: &ChainHash,
+    sequence: u64,
+    batch_left: u32,
+    payload: &[u8],
+) -> ChainHash {
+    assert!(
+        !payload.is_empty() && payload.len() <= RECORD_PAYLOAD_LEN_MAX,
+        "payload length is checked before framing"
+    );
+    let start = out.len();
+    let hash = chain_hash(previous, sequence, batch_left, payload);
+    let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&sequence.to_le_bytes());
+    out.extend_from_slice(&batch_left.to_le_bytes());
+    out.extend_from_slice(&hash);
+    out.extend_from_slice(payload);
+    let crc = record_crc(&out[start..]);
+    out[start + CRC_AT..start + SEQUENCE_AT].copy_from_slice(&crc.to_le_bytes());
+    debug_assert!(matches!(
+        decode_record(&out[start..], previous, sequence),
+        Ok(Some(record)) if record.payload == payload
+    ));
+    hash
+}
+
+fn record_crc(record: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&record[PAYLOAD_LEN_AT..CRC_AT]);
+    crc.update(&record[SEQUENCE_AT..]);
+    crc.finalize()
+}
+
+/// A record decoded from a byte slice.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RecordView<'a> {
+    /// Its sequence.
+    pub sequence: u64,
+    /// Records after it in the same atomic append.
+    pub batch_left: u32,
+    /// Its chain hash.
+    pub hash: ChainHash,
+    /// Its payload.
+    pub payload: &'a [u8],
+    /// Bytes it occupies (header + payload).
+    pub len: usize,
+}
+
+/// Why bytes at an offset are not the next record.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum BadRecord {
+    /// Not even a whole record fits, or its length field is impossible: typical of a torn
+    /// write, and of corruption.
+    Damaged(String),
+    /// The record is intact (crc checks) but is not the one expected next: only corruption or
+    /// tampering produces this.
+    Misplaced(String),
+}
+
+/// Decodes the record at the start of `bytes`, expected to follow `previous` with sequence
+/// `sequence`. `Ok(None)` means the rest of `bytes` is zero: the clean end of the segment.
+///
+/// # Errors
+/// [`BadRecord`] describing the first failed check.
+pub fn decode_record<'a>(
+    bytes: &'a [u8],
+    previous: &ChainHash,
+    sequence: u64,
+) -> Result<Option<RecordView<'a>>, BadRecord> {
+    let length_is_zero = bytes.get(..4).is_none_or(|word| word == [0; 4]);
+    if length_is_zero && bytes.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let view = decode_intact(bytes).map_err(BadRecord::Damaged)?;
+    if view.sequence != sequence {
+        return Err(BadRecord::Misplaced(format!(
+            "sequence {} where {sequence} was expected",
+            view.sequence
+        )));
+    }
+    if chain_hash(previous, view.sequence, view.batch_left, view.payload) != view.hash {
+        return Err(BadRecord::Misplaced(
+            "chain hash does not link to the previous record".into(),
+        ));
+    }
+    Ok(Some(view))
+}
+
+/// Decodes a record whose crc checks, without knowing what should precede it.
+///
+/// # Errors
+/// What is wrong with the bytes.
+pub fn decode_intact(bytes: &[u8]) -> Result<RecordView<'_>, String> {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return Err(format!(
+            "{} bytes left, a record header needs {RECORD_HEADER_LEN}",
+            bytes.len()
+        ));
+    }
+    let payload_len = u32_at(bytes, PAYLOAD_LEN_AT) as usize;
+    if payload_len == 0 || payload_len > RECORD_PAYLOAD_LEN_MAX {
+        return Err(format!(
+            "payload length {payload_len} out of range 1..={RECORD_PAYLOAD_LEN_MAX}"
+        ));
+    }
+    let len = RECORD_HEADER_LEN + payload_len;
+    let Some(record) = bytes.get(..len) else {
+        return Err(format!(
+            "record of {len} bytes cut off after {}",
+            bytes.len()
+        ));
+    };
+    if u32_at(record, CRC_AT) != record_crc(record) {
+        return Err("record crc mismatch".into());
+    }
+    Ok(RecordView {
+        sequence: u64_at(record, SEQUENCE_AT),
+        batch_left: u32_at(record, BATCH_LEFT_AT),
+        hash: hash_at(record, CHAIN_HASH_AT),
+        payload: &record[RECORD_HEADER_LEN..],
+        len,
+    })
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+fn hash_at(bytes: &[u8], at: usize) -> ChainHash {
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&bytes[at..at + 32]);
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_checks() {
+        let header = SegmentHeader {
+            number: 3,
+            first_sequence: 42,
+            previous_hash: [9; 32],
+        };
+        let bytes = header.encode();
+        assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(SegmentHeader::decode(&flipped).is_err(), "bit {bit}");
+        }
+        assert!(SegmentHeader::decode(&bytes[..63]).is_err());
+    }
+
+    #[test]
+    fn record_round_trips_and_links() {
+        let mut out = Vec::new();
+        let first = encode_record(&mut out, &GENESIS_HASH, 1, 1, b"one");
+        let split = out.len();
+        let second = encode_record(&mut out, &first, 2, 0, b"two");
+        let a = decode_record(&out, &GENESIS_HASH, 1).unwrap().unwrap();
+        assert_eq!(
+            (a.payload, a.batch_left, a.hash, a.len),
+            (&b"one"[..], 1, first, split)
+        );
+        let b = decode_record(&out[split..], &first, 2).unwrap().unwrap();
+        assert_eq!((b.payload, b.hash), (&b"two"[..], second));
+        assert!(matches!(
+            decode_record(&out[split..], &GENESIS_HASH, 2),
+            Err(BadRecord::Misplaced(_))
+        ));
+        assert!(matches!(
+            decode_record(&out[split..], &first, 3),
+            Err(BadRecord::Misplaced(_))
+        ));
+        assert_eq!(decode_record(&[0; 100], &first, 3), Ok(None));
+    }
+
+    #[test]
+    fn every_bit_flip_and_cut_is_refused() {
+        let mut out = Vec::new();
+        encode_record(&mut out, &GENESIS_HASH, 1, 0, b"payload bytes");
+        for bit in 0..out.len() * 8 {
+            let mut flipped = out.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                decode_record(&flipped, &GENESIS_HASH, 1).is_err(),
+                "bit {bit}"
+            );
+        }
+        for cut in 1..out.len() {
+            assert!(
+                decode_record(&out[..cut], &GENESIS_HASH, 1).is_err(),
+                "cut {cut}"
+            );
+        }
+    }
+}

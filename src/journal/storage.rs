@@ -1,0 +1,553 @@
+//! The storage seam: the narrow file interface the journal does all its I/O through, with the
+//! real file system ([`FsStorage`]) and a simulated disk ([`SimDisk`]) for crash testing.
+//!
+//! Invariant: the journal names no `std::fs` function outside this file, so every byte it
+//! writes and every sync it makes can be dropped, torn or failed by the simulated disk.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A held directory lock; dropping it releases the lock.
+pub trait DirLock: Send + Sync + fmt::Debug {}
+
+/// One open file.
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    /// The file's length in bytes.
+    fn file_len(&self) -> io::Result<u64>;
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `data` at `offset`.
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes everything written so far durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Sets the file's length, zero-filling when it grows.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Grows the file to `len` bytes of written zeros, so that later syncs need no metadata
+    /// update.
+    fn preallocate(&self, len: u64) -> io::Result<()>;
+}
+
+/// A file system.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Creates `dir` and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Whether `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// The names of the files in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens a file for reading and writing, creating it if `create`.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>>;
+    /// Renames a file.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (created, renamed, removed files) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes the exclusive lock on `dir`; `Ok(None)` if someone else holds it.
+    fn try_lock(&self, dir: &Path) -> io::Result<Option<Box<dyn DirLock>>>;
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FsStorage;
+
+#[derive(Debug)]
+struct FsFile(File);
+
+#[derive(Debug)]
+struct FsLock {
+    _file: File,
+}
+
+impl DirLock for FsLock {}
+
+/// Name of the lock file inside a ledger directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+const ZEROS_CHUNK: usize = 1 << 20;
+
+impl StorageFile for FsFile {
+    fn file_len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&self.0, buf, offset)
+    }
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.0, data, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; ZEROS_CHUNK];
+        let mut at = self.file_len()?;
+        while at < len {
+            let n = usize::try_from(len - at).map_or(ZEROS_CHUNK, |left| left.min(ZEROS_CHUNK));
+            FileExt::write_all_at(&self.0, &zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Storage for FsStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        Ok(Box::new(FsFile(file)))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+    fn try_lock(&self, dir: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Box::new(FsLock { _file: file }))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// How a simulated crash treats writes that were not synced.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CrashMode {
+    /// Every unsynced write is lost.
+    DropUnsynced,
+    /// A random prefix of the unsynced writes survives, the last of them torn at a random byte.
+    TearUnsynced,
+}
+
+/// An in-memory disk that loses what was not synced when it "crashes", and fails chosen writes
+/// and syncs. Clones share the same disk. Deterministic for a given seed.
+#[derive(Clone)]
+pub struct SimDisk {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl fmt::Debug for SimDisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SimDisk")
+    }
+}
+
+struct SimState {
+    files: BTreeMap<PathBuf, SimFileData>,
+    /// Names as they are after the last directory sync (path → file id).
+    durable_names: BTreeMap<PathBuf, u64>,
+    names: BTreeMap<PathBuf, u64>,
+    locks: Vec<PathBuf>,
+    /// Handles from before the last crash belong to a dead process.
+    generation: u64,
+    next_id: u64,
+    rng: ChaCha8Rng,
+    faults: Faults,
+    bytes_written: u64,
+    syncs: u64,
+}
+
+#[derive(Default)]
+struct Faults {
+    fail_writes: u32,
+    fail_syncs: u32,
+    write_fail_rate: f64,
+    sync_fail_rate: f64,
+}
+
+#[derive(Default, Clone)]
+struct SimFileData {
+    durable: Vec<u8>,
+    current: Vec<u8>,
+    unsynced: Vec<PendingOp>,
+}
+
+#[derive(Clone)]
+enum PendingOp {
+    Write { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+fn apply_op(bytes: &mut Vec<u8>, op: &PendingOp) {
+    match op {
+        PendingOp::Write { offset, data } => {
+            let start = usize::try_from(*offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(data.len());
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes[start..end].copy_from_slice(data);
+        }
+        PendingOp::SetLen(len) => bytes.resize(usize::try_from(*len).unwrap_or(usize::MAX), 0),
+    }
+}
+
+fn crashed() -> io::Error {
+    io::Error::other("simulated process ended: handle from before the crash")
+}
+
+impl SimDisk {
+    /// A new empty disk whose crashes and random faults follow `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(SimState {
+                files: BTreeMap::new(),
+                durable_names: BTreeMap::new(),
+                names: BTreeMap::new(),
+                locks: Vec::new(),
+                generation: 0,
+                next_id: 0,
+                rng: ChaCha8Rng::seed_from_u64(seed),
+                faults: Faults::default(),
+                bytes_written: 0,
+                syncs: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding this lock can only come from a test assertion; the state is
+        // still consistent because every operation completes before it is observed.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The next `count` writes fail without writing anything.
+    pub fn fail_next_writes(&self, count: u32) {
+        self.lock().faults.fail_writes = count;
+    }
+
+    /// The next `count` syncs fail; what they covered stays unsynced.
+    pub fn fail_next_syncs(&self, count: u32) {
+        self.lock().faults.fail_syncs = count;
+    }
+
+    /// Every write fails with probability `write`, every sync with probability `sync`.
+    pub fn set_fault_rates(&self, write: f64, sync: f64) {
+        let mut state = self.lock();
+        state.faults.write_fail_rate = write;
+        state.faults.sync_fail_rate = sync;
+    }
+
+    /// Simulates the process dying (and, for unsynced data, the machine losing power): locks are
+    /// released, old handles stop working, unsynced writes are dropped or torn per `mode`, and
+    /// files whose directory entry was never synced disappear.
+    pub fn crash(&self, mode: CrashMode) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.generation += 1;
+        state.locks.clear();
+        state.names = state.durable_names.clone();
+        let live: Vec<u64> = state.names.values().copied().collect();
+        state.files.retain(|path, _| {
+            path.to_str()
+                .and_then(|s| s.strip_prefix("#"))
+                .and_then(|id| id.parse::<u64>().ok())
+                .is_some_and(|id| live.contains(&id))
+        });
+        for file in state.files.values_mut() {
+            let mut bytes = file.durable.clone();
+            if mode == CrashMode::TearUnsynced && !file.unsynced.is_empty() {
+                let survivors = state.rng.random_range(0..=file.unsynced.len());
+                for (i, op) in file.unsynced.iter().take(survivors).enumerate() {
+                    match op {
+                        PendingOp::Write { offset, data } if i + 1 == survivors => {
+                            let cut = state.rng.random_range(0..=data.len());
+                            let torn = PendingOp::Write {
+                                offset: *offset,
+                                data: data[..cut].to_vec(),
+                            };
+                            apply_op(&mut bytes, &torn);
+                        }
+                        op => apply_op(&mut bytes, op),
+                    }
+                }
+            }
+            file.durable = bytes.clone();
+            file.current = bytes;
+            file.unsynced.clear();
+        }
+    }
+
+    /// The durable bytes of the file at `path`, as a crash would leave them with
+    /// [`CrashMode::DropUnsynced`].
+    pub fn durable_bytes(&self, path: &Path) -> Option<Vec<u8>> {
+        let state = self.lock();
+        let id = state.names.get(path)?;
+        state.files.get(&file_key(*id)).map(|f| f.durable.clone())
+    }
+
+    /// The current bytes of the file at `path`.
+    pub fn current_bytes(&self, path: &Path) -> Option<Vec<u8>> {
+        let state = self.lock();
+        let id = state.names.get(path)?;
+        state.files.get(&file_key(*id)).map(|f| f.current.clone())
+    }
+
+    /// Replaces the file at `path` with `bytes`, durable at once (for corruption tests).
+    pub fn put_bytes(&self, path: &Path, bytes: Vec<u8>) {
+        let mut state = self.lock();
+        let id = match state.names.get(path) {
+            Some(id) => *id,
+            None => {
+                let id = state.next_id;
+                state.next_id += 1;
+                state.names.insert(path.to_path_buf(), id);
+                state.durable_names.insert(path.to_path_buf(), id);
+                id
+            }
+        };
+        state.files.insert(
+            file_key(id),
+            SimFileData {
+                durable: bytes.clone(),
+                current: bytes,
+                unsynced: Vec::new(),
+            },
+        );
+    }
+
+    /// Bytes written and syncs made so far.
+    pub fn io_counts(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.bytes_written, state.syncs)
+    }
+}
+
+/// Files are stored under an id so that renames move names, not data.
+fn file_key(id: u64) -> PathBuf {
+    PathBuf::from(format!("#{id}"))
+}
+
+#[derive(Debug)]
+struct SimHandle {
+    disk: SimDisk,
+    id: u64,
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct SimLock {
+    disk: SimDisk,
+    dir: PathBuf,
+    generation: u64,
+}
+
+impl DirLock for SimLock {}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut state = self.disk.lock();
+        if state.generation == self.generation {
+            state.locks.retain(|d| d != &self.dir);
+        }
+    }
+}
+
+impl SimHandle {
+    fn with<T>(&self, f: impl FnOnce(&mut SimState, PathBuf) -> io::Result<T>) -> io::Result<T> {
+        let mut state = self.disk.lock();
+        if state.generation != self.generation {
+            return Err(crashed());
+        }
+        f(&mut state, file_key(self.id))
+    }
+}
+
+fn missing() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "simulated file is gone")
+}
+
+impl StorageFile for SimHandle {
+    fn file_len(&self) -> io::Result<u64> {
+        self.with(|state, key| Ok(state.files.get(&key).ok_or_else(missing)?.current.len() as u64))
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.with(|state, key| {
+            let file = state.files.get(&key).ok_or_else(missing)?;
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            let src = start
+                .checked_add(buf.len())
+                .and_then(|end| file.current.get(start..end))
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            buf.copy_from_slice(src);
+            Ok(())
+        })
+    }
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.with(|state, key| {
+            let fail_now = if state.faults.fail_writes > 0 {
+                state.faults.fail_writes -= 1;
+                true
+            } else {
+                let rate = state.faults.write_fail_rate;
+                rate > 0.0 && state.rng.random_bool(rate.min(1.0))
+            };
+            if fail_now {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "simulated write failure",
+                ));
+            }
+            state.bytes_written += data.len() as u64;
+            let file = state.files.get_mut(&key).ok_or_else(missing)?;
+            let op = PendingOp::Write {
+                offset,
+                data: data.to_vec(),
+            };
+            apply_op(&mut file.current, &op);
+            file.unsynced.push(op);
+            Ok(())
+        })
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.with(|state, key| {
+            let fail_now = if state.faults.fail_syncs > 0 {
+                state.faults.fail_syncs -= 1;
+                true
+            } else {
+                let rate = state.faults.sync_fail_rate;
+                rate > 0.0 && state.rng.random_bool(rate.min(1.0))
+            };
+            if fail_now {
+                return Err(io::Error::other("simulated fdatasync failure"));
+            }
+            state.syncs += 1;
+            let file = state.files.get_mut(&key).ok_or_else(missing)?;
+            file.durable = file.current.clone();
+            file.unsynced.clear();
+            Ok(())
+        })
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.with(|state, key| {
+            let file = state.files.get_mut(&key).ok_or_else(missing)?;
+            let op = PendingOp::SetLen(len);
+            apply_op(&mut file.current, &op);
+            file.unsynced.push(op);
+            Ok(())
+        })
+    }
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        let current = self.file_len()?;
+        if current < len {
+            let zeros = vec![0u8; usize::try_from(len - current).unwrap_or(0)];
+            self.write_all_at(&zeros, current)?;
+        }
+        Ok(())
+    }
+}
+
+impl Storage for SimDisk {
+    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+    fn exists(&self, path: &Path) -> bool {
+        let state = self.lock();
+        state.names.contains_key(path) || state.names.keys().any(|p| p.starts_with(path))
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.lock();
+        Ok(state
+            .names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
+        let mut state = self.lock();
+        let id = match state.names.get(path) {
+            Some(id) => *id,
+            None if create => {
+                let id = state.next_id;
+                state.next_id += 1;
+                state.names.insert(path.to_path_buf(), id);
+                state.files.insert(file_key(id), SimFileData::default());
+                id
+            }
+            None => return Err(missing()),
+        };
+        Ok(Box::new(SimHandle {
+            disk: self.clone(),
+            id,
+            generation: state.generation,
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        let id = state.names.remove(from).ok_or_else(missing)?;
+        state.names.insert(to.to_path_buf(), id);
+        Ok(())
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.names.remove(path).ok_or_else(missing)?;
+        Ok(())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.durable_names.retain(|p, _| p.parent() != Some(dir));
+        for (path, id) in &state.names {
+            if path.parent() == Some(dir) {
+                state.durable_names.insert(path.clone(), *id);
+            }
+        }
+        Ok(())
+    }
+    fn try_lock(&self, dir: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+        let mut state = self.lock();
+        if state.locks.iter().any(|d| d == dir) {
+            return Ok(None);
+        }
+        state.locks.push(dir.to_path_buf());
+        Ok(Some(Box::new(SimLock {
+            disk: self.clone(),
+            dir: dir.to_path_buf(),
+            generation: state.generation,
+        })))
+    }
+}
