@@ -832,14 +832,18 @@ fn recover_last(
         }
     }
     let garbage_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let io_err = |e| Error::io(format!("recovering {}", last.path.display()), e);
     if garbage_end > scan.end {
         let zeros = vec![0u8; garbage_end - scan.end];
-        let io_err = |e| Error::io(format!("cutting torn tail of {}", last.path.display()), e);
         file.write_all_at(&zeros, scan.end as u64).map_err(io_err)?;
-        if (bytes.len() as u64) < config.segment_len {
-            file.preallocate(config.segment_len).map_err(io_err)?;
-        }
-        file.sync_data().map_err(io_err)?;
+    }
+    if (bytes.len() as u64) < config.segment_len {
+        file.preallocate(config.segment_len).map_err(io_err)?;
+    }
+    // What was just read may be only in the page cache (a previous process's sync failed, or
+    // it died before syncing): make it durable before anyone is served from it.
+    file.sync_data().map_err(io_err)?;
+    if garbage_end > scan.end {
         report.torn_tail = Some(TornTail {
             segment: last.number,
             offset: scan.end as u64,

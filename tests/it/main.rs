@@ -1,5 +1,8 @@
 //! The one integration-test binary: each module tests one area through the public API.
 
+mod codec;
+mod crash;
 mod journal;
+mod journal_props;
 mod model;
 mod model_props;
