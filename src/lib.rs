@@ -32,6 +32,8 @@
 
 pub mod error;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod intent;
 pub mod journal;
 pub mod key;

@@ -672,7 +672,8 @@ impl Journal {
     }
 
     /// Walks every segment and checks each header, record crc, chain link, sequence and the
-    /// links between segments.
+    /// links between segments. Segments are checked in parallel (each header carries the
+    /// sequence and chain hash it continues from), then linked in order.
     ///
     /// # Errors
     /// [`Error::Corrupt`] naming the segment and offset of the first problem.
@@ -686,46 +687,42 @@ impl Journal {
             last_sequence: Sequence(0),
             head: GENESIS_HASH,
         };
+        let parallel = std::thread::available_parallelism().map_or(1, usize::from);
         let mut expected = (1u64, GENESIS_HASH);
-        for info in &segments {
-            let (bytes, header) = self.load_segment(info)?;
-            if header.number != info.number {
-                return Err(corrupt(
-                    info.number,
-                    0,
-                    format!("header says segment {}", header.number),
-                ));
+        for window in segments.chunks(parallel) {
+            let checked: Vec<Result<SegmentCheck>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = window
+                    .iter()
+                    .map(|info| scope.spawn(move || self.check_segment(info, until)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Codec {
+                                what: "verify thread panicked".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+            for (info, check) in window.iter().zip(checked) {
+                let check = check?;
+                if (check.first_sequence, check.previous_hash) != expected {
+                    return Err(corrupt(
+                        info.number,
+                        0,
+                        format!(
+                            "segment starts at sequence {} but the previous segment ends at {} or its chain head differs",
+                            check.first_sequence,
+                            expected.0 - 1
+                        ),
+                    ));
+                }
+                report.records += check.records;
+                report.record_bytes += check.record_bytes;
+                expected = (check.last_sequence + 1, check.head);
             }
-            if (header.first_sequence, header.previous_hash) != expected {
-                return Err(corrupt(
-                    info.number,
-                    0,
-                    format!(
-                        "segment starts at sequence {} but the previous segment ends at {} or its chain head differs",
-                        header.first_sequence,
-                        expected.0 - 1
-                    ),
-                ));
-            }
-            let scan = scan(&bytes, &header, Some(until));
-            if let Some((offset, why)) = scan.bad
-                && scan.last_sequence < until
-            {
-                let what = match why {
-                    BadRecord::Damaged(w) | BadRecord::Misplaced(w) => w,
-                };
-                return Err(corrupt(info.number, offset as u64, what));
-            }
-            if scan.incomplete_batch {
-                return Err(corrupt(
-                    info.number,
-                    scan.end as u64,
-                    "atomic append cut short",
-                ));
-            }
-            report.records += scan.spans.len() as u64;
-            report.record_bytes += (scan.end - SEGMENT_HEADER_LEN) as u64;
-            expected = (scan.last_sequence + 1, scan.head);
         }
         report.last_sequence = Sequence(expected.0 - 1);
         report.head = expected.1;
@@ -741,6 +738,52 @@ impl Journal {
         }
         Ok(report)
     }
+
+    /// Checks one segment on its own: header, and every record up to sequence `until`.
+    fn check_segment(&self, info: &SegmentInfo, until: u64) -> Result<SegmentCheck> {
+        let (bytes, header) = self.load_segment(info)?;
+        if header.number != info.number {
+            return Err(corrupt(
+                info.number,
+                0,
+                format!("header says segment {}", header.number),
+            ));
+        }
+        let scan = scan(&bytes, &header, Some(until));
+        if let Some((offset, why)) = scan.bad
+            && scan.last_sequence < until
+        {
+            let what = match why {
+                BadRecord::Damaged(w) | BadRecord::Misplaced(w) => w,
+            };
+            return Err(corrupt(info.number, offset as u64, what));
+        }
+        if scan.incomplete_batch {
+            return Err(corrupt(
+                info.number,
+                scan.end as u64,
+                "atomic append cut short",
+            ));
+        }
+        Ok(SegmentCheck {
+            first_sequence: header.first_sequence,
+            previous_hash: header.previous_hash,
+            records: scan.spans.len() as u64,
+            record_bytes: (scan.end - SEGMENT_HEADER_LEN) as u64,
+            last_sequence: scan.last_sequence,
+            head: scan.head,
+        })
+    }
+}
+
+/// What checking one segment on its own found.
+struct SegmentCheck {
+    first_sequence: u64,
+    previous_hash: ChainHash,
+    records: u64,
+    record_bytes: u64,
+    last_sequence: u64,
+    head: ChainHash,
 }
 
 /// Takes whole requests from the front of the queue, up to the batch record limit (at least

@@ -2,6 +2,7 @@
 
 mod codec;
 mod crash;
+mod fuzz_corpus;
 mod journal;
 mod journal_props;
 mod model;
