@@ -140,6 +140,25 @@ pub enum Error {
         what: String,
     },
 
+    /// The ledger was opened read-only; nothing may be appended.
+    #[error("ledger is open read-only")]
+    ReadOnly,
+
+    /// The index could not be updated after a durable append; the ledger refuses further work
+    /// until reopened, which catches the index up from the journal.
+    #[error("index update failed earlier; reopen the ledger")]
+    IndexFailed,
+
+    /// The journal holds an event the fold refuses: the journal was written by something other
+    /// than this ledger, or a bug let an illegal event through. Nothing is skipped.
+    #[error("journal event at sequence {sequence} is inconsistent: {what}")]
+    Inconsistent {
+        /// The event's sequence.
+        sequence: u64,
+        /// What is wrong.
+        what: String,
+    },
+
     /// A ticket was presented to a ledger that did not issue it, or twice.
     #[error("ticket for {key} attempt {attempt} is not live in this ledger")]
     StaleTicket {

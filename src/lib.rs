@@ -30,16 +30,21 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod error;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+mod index;
 pub mod intent;
 pub mod journal;
 pub mod key;
+pub mod ledger;
 pub mod limits;
 pub mod payment;
+pub mod reconcile;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, InputError, Result};
 pub use event::{
     Event, EventKind, EvidenceSource, Finding, NotFoundPolicy, NotSentReason, Outcome, QueryAnswer,
@@ -52,6 +57,14 @@ pub use key::{
     AccountId, Amount, AttemptNumber, Currency, CustomerRef, DeclineCode, Description,
     IdempotencyKey, Note, Operator, ProviderReference, Sequence, TransactionId, UnixMillis,
 };
+pub use ledger::{
+    Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry, IndexRecovery, Ledger,
+    LedgerConfig, OpenReport, Ticket,
+};
 pub use payment::{
-    Decision, IntentSummary, PaymentState, Phase, Rejection, RejectionReason, Verdict, apply,
+    Decision, IntentSummary, PaymentState, Phase, PhaseKind, Rejection, RejectionReason, Verdict,
+    apply,
+};
+pub use reconcile::{
+    ChargeReply, ChargeRequest, Provider, QueryReply, ReconcileConfig, ReconcileReport, Reconciler,
 };

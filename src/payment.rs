@@ -140,7 +140,91 @@ pub enum Phase {
     },
 }
 
+/// The kind of a [`Phase`], without its data: for listing keys by phase.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[repr(u8)]
+pub enum PhaseKind {
+    /// See [`Phase::Vacant`].
+    Vacant = 0,
+    /// See [`Phase::Ready`].
+    Ready = 1,
+    /// See [`Phase::InFlight`].
+    InFlight = 2,
+    /// See [`Phase::Unknown`].
+    Unknown = 3,
+    /// See [`Phase::InReview`].
+    InReview = 4,
+    /// See [`Phase::Succeeded`].
+    Succeeded = 5,
+    /// See [`Phase::Declined`].
+    Declined = 6,
+    /// See [`Phase::Exhausted`].
+    Exhausted = 7,
+    /// See [`Phase::Conflict`].
+    Conflict = 8,
+}
+
+impl PhaseKind {
+    /// Every kind, in order.
+    pub const ALL: [PhaseKind; 9] = [
+        PhaseKind::Vacant,
+        PhaseKind::Ready,
+        PhaseKind::InFlight,
+        PhaseKind::Unknown,
+        PhaseKind::InReview,
+        PhaseKind::Succeeded,
+        PhaseKind::Declined,
+        PhaseKind::Exhausted,
+        PhaseKind::Conflict,
+    ];
+
+    /// The name used by the CLI: `unknown`, `review`, `conflict`, `succeeded`, ...
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            PhaseKind::Vacant => "vacant",
+            PhaseKind::Ready => "ready",
+            PhaseKind::InFlight => "in-flight",
+            PhaseKind::Unknown => "unknown",
+            PhaseKind::InReview => "review",
+            PhaseKind::Succeeded => "succeeded",
+            PhaseKind::Declined => "declined",
+            PhaseKind::Exhausted => "exhausted",
+            PhaseKind::Conflict => "conflict",
+        }
+    }
+}
+
+impl std::str::FromStr for PhaseKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PhaseKind::ALL
+            .into_iter()
+            .find(|k| k.cli_name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown state {s:?}; one of: {}",
+                    PhaseKind::ALL.map(|k| k.cli_name()).join(", ")
+                )
+            })
+    }
+}
+
 impl Phase {
+    /// The phase's kind.
+    pub fn kind(&self) -> PhaseKind {
+        match self {
+            Phase::Vacant => PhaseKind::Vacant,
+            Phase::Ready { .. } => PhaseKind::Ready,
+            Phase::InFlight { .. } => PhaseKind::InFlight,
+            Phase::Unknown { .. } => PhaseKind::Unknown,
+            Phase::InReview { .. } => PhaseKind::InReview,
+            Phase::Succeeded { .. } => PhaseKind::Succeeded,
+            Phase::Declined { .. } => PhaseKind::Declined,
+            Phase::Exhausted { .. } => PhaseKind::Exhausted,
+            Phase::Conflict { .. } => PhaseKind::Conflict,
+        }
+    }
+
     /// A short name for logs, errors and the CLI.
     pub fn name(&self) -> &'static str {
         match self {

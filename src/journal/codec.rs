@@ -48,6 +48,29 @@ pub fn encode_event(event: &Event) -> Result<Vec<u8>> {
     Ok(payload)
 }
 
+/// Encodes a derived value (an index entry) with the same configuration. Derived values carry
+/// no version byte: the index is rebuilt when its format changes.
+///
+/// # Errors
+/// [`Error::Codec`].
+pub(crate) fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, v1_config()).map_err(|e| Error::Codec {
+        what: format!("encoding index value: {e}"),
+    })
+}
+
+/// Decodes a value written by [`encode_value`].
+///
+/// # Errors
+/// [`Error::Codec`].
+pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let (value, _): (T, usize) =
+        bincode::serde::decode_from_slice(bytes, v1_config()).map_err(|e| Error::Codec {
+            what: format!("decoding index value: {e}"),
+        })?;
+    Ok(value)
+}
+
 /// Decodes a record payload. Validation of every field runs as part of decoding, so a decoded
 /// event satisfies every bound a constructed one does.
 ///

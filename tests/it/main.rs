@@ -5,5 +5,7 @@ mod crash;
 mod fuzz_corpus;
 mod journal;
 mod journal_props;
+mod ledger;
 mod model;
 mod model_props;
+mod support;

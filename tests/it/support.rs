@@ -1,0 +1,119 @@
+//! Shared fixtures: a scriptable provider, intents, and ledgers on a manual clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use payledger::*;
+
+pub const T0: u64 = 1_800_000_000_000;
+
+pub fn key(name: &str) -> IdempotencyKey {
+    IdempotencyKey::new(name).unwrap()
+}
+
+pub fn intent(amount: u64) -> Intent {
+    Intent {
+        amount: Amount::new(amount).unwrap(),
+        currency: Currency::new("EUR").unwrap(),
+        account: AccountId::new("acct_1").unwrap(),
+        customer: CustomerRef::new("cus_1").unwrap(),
+        description: None,
+        metadata: Metadata::default(),
+    }
+}
+
+/// A provider that charges for real (in memory), with scriptable faults.
+#[derive(Default)]
+pub struct FakeProvider {
+    pub charges: Mutex<HashMap<String, (String, u64)>>,
+    pub charge_calls: AtomicUsize,
+    pub query_calls: AtomicUsize,
+    /// Sleep this long before replying to a charge (after charging).
+    pub reply_delay: Mutex<Duration>,
+    /// Reply with this instead of the truth (after charging).
+    pub reply_override: Mutex<Option<ChargeReply>>,
+    /// Forget the next charge right after making it (the provider "loses" it).
+    pub lose_next: Mutex<bool>,
+    pub lost: Mutex<Vec<(String, String, u64)>>,
+    /// Every query fails (the provider is unreachable for queries).
+    pub queries_fail: Mutex<bool>,
+}
+
+impl FakeProvider {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+    pub fn charge_calls(&self) -> usize {
+        self.charge_calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Provider for FakeProvider {
+    fn charge(&self, request: &ChargeRequest) -> ChargeReply {
+        let n = self.charge_calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let txn = format!("ch_{n}");
+        let reference = request.provider_reference.as_str().to_string();
+        if std::mem::take(&mut *self.lose_next.lock().unwrap()) {
+            self.lost
+                .lock()
+                .unwrap()
+                .push((reference, txn.clone(), request.amount.minor()));
+        } else {
+            self.charges
+                .lock()
+                .unwrap()
+                .insert(reference, (txn.clone(), request.amount.minor()));
+        }
+        std::thread::sleep(*self.reply_delay.lock().unwrap());
+        if let Some(reply) = self.reply_override.lock().unwrap().clone() {
+            return reply;
+        }
+        ChargeReply::Charged {
+            transaction_id: txn,
+            amount_minor: request.amount.minor(),
+        }
+    }
+
+    fn query(&self, reference: &ProviderReference) -> QueryReply {
+        self.query_calls.fetch_add(1, Ordering::SeqCst);
+        if *self.queries_fail.lock().unwrap() {
+            return QueryReply::Failed(UnknownReason::Timeout);
+        }
+        match self.charges.lock().unwrap().get(reference.as_str()) {
+            Some((txn, amount)) => QueryReply::Succeeded {
+                transaction_id: txn.clone(),
+                amount_minor: *amount,
+            },
+            None => QueryReply::NotFound,
+        }
+    }
+}
+
+pub fn reconcile_config() -> ReconcileConfig {
+    ReconcileConfig {
+        not_found: NotFoundPolicy {
+            visibility_delay_ms: 60_000,
+            clock_skew_margin_ms: 5_000,
+            consistent_answers_min: 3,
+        },
+        queries_max: 6,
+        backoff_initial_ms: 1_000,
+        backoff_max_ms: 60_000,
+        batch_max: 100,
+    }
+}
+
+pub fn config(clock: &Arc<ManualClock>) -> LedgerConfig {
+    LedgerConfig {
+        segment_len: 1 << 20,
+        reconcile: reconcile_config(),
+        clock: Arc::clone(clock) as Arc<dyn Clock>,
+        ..LedgerConfig::default()
+    }
+}
+
+pub fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(UnixMillis(T0)))
+}
