@@ -47,8 +47,10 @@ pub fn ack_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(ack) = line.strip_prefix("ack ")
-                && tx.send(ack.to_string()).is_err()
+            // The harness prints "test name ... " without a newline, so the first ack can
+            // share its line.
+            if let Some(at) = line.find("ack ")
+                && tx.send(line[at + 4..].to_string()).is_err()
             {
                 break;
             }

@@ -6,6 +6,8 @@ mod fuzz_corpus;
 mod journal;
 mod journal_props;
 mod ledger;
+mod ledger_crash;
+mod ledger_props;
 mod model;
 mod model_props;
 mod support;
