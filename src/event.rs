@@ -184,7 +184,8 @@ pub enum QueryAnswer {
 }
 
 /// When "not found" may be trusted: only after the provider's visibility delay (plus a margin
-/// for clock skew) has passed since the attempt started, and after enough consistent answers.
+/// for clock skew) has passed since the attempt became unknown, and after enough consistent
+/// answers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct NotFoundPolicy {
     /// How long after a charge the provider may still not show it.

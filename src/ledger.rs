@@ -89,6 +89,10 @@ pub struct LedgerConfig {
     pub clock: Arc<dyn Clock>,
     /// Where the journal's bytes go.
     pub storage: Arc<dyn Storage>,
+    /// Test-only sabotage for the simulator's self-test: reopening marks orphaned attempts
+    /// "not sent" instead of unknown, the bug the simulator must catch. Never set it.
+    #[doc(hidden)]
+    pub sabotage_forget_unknown_on_replay: bool,
 }
 
 impl Default for LedgerConfig {
@@ -101,6 +105,7 @@ impl Default for LedgerConfig {
             reconcile: ReconcileConfig::default(),
             clock: Arc::new(SystemClock),
             storage: Arc::new(FsStorage),
+            sabotage_forget_unknown_on_replay: false,
         }
     }
 }
@@ -505,14 +510,21 @@ impl Ledger {
                 if let Some(Phase::InFlight { attempt, .. }) =
                     entry.as_ref().map(|e| &e.state.phase)
                 {
+                    let outcome = if self.inner.config.sabotage_forget_unknown_on_replay {
+                        Outcome::NotSent {
+                            reason: crate::event::NotSentReason::ConnectionRefused,
+                        }
+                    } else {
+                        Outcome::Unknown {
+                            reason: UnknownReason::ProcessEnded,
+                        }
+                    };
                     let event = self.event(
                         &key,
                         now,
                         EventKind::OutcomeReported {
                             attempt: *attempt,
-                            outcome: Outcome::Unknown {
-                                reason: UnknownReason::ProcessEnded,
-                            },
+                            outcome,
                         },
                     );
                     self.commit(&key, entry.as_ref(), vec![event])?;

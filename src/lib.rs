@@ -43,6 +43,7 @@ pub mod ledger;
 pub mod limits;
 pub mod payment;
 pub mod reconcile;
+pub mod sim;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, InputError, Result};

@@ -29,7 +29,8 @@
 //!
 //! The fold never turns `Unknown` into anything by time: only a provider answer, evidence or
 //! an operator does. "Not found" answers make a retry possible only when the policy carried in
-//! the event says the visibility delay has passed and enough consecutive answers agree.
+//! the event says the visibility delay has passed since the attempt became unknown (the request
+//! may have left any time before that) and enough consecutive answers agree.
 
 use std::fmt;
 
@@ -892,7 +893,7 @@ fn query_answered(
         QueryAnswer::FoundPending => (0, true),
         QueryAnswer::NotFound { policy } => {
             let streak = not_found_streak.saturating_add(1);
-            if not_found_is_trusted(policy, streak, *started_at, at) {
+            if not_found_is_trusted(policy, streak, *since, at) {
                 return Ok(PaymentState::after_not_charged(attempt));
             }
             (streak, false)
@@ -912,16 +913,20 @@ fn query_answered(
 
 /// "Not found" proves no charge only once the provider has had time to show the request and
 /// enough consecutive answers agree.
+///
+/// The visibility delay runs from `unknown_since`, the moment the attempt became unknown, not
+/// from when it started: the request may have been sent at any time between the two (a slow
+/// caller, a process that stalled before dying), but never after the attempt became unknown.
 fn not_found_is_trusted(
     policy: &NotFoundPolicy,
     streak: u32,
-    started_at: UnixMillis,
+    unknown_since: UnixMillis,
     answered_at: UnixMillis,
 ) -> bool {
     let wait_ms = policy
         .visibility_delay_ms
         .saturating_add(policy.clock_skew_margin_ms);
-    streak >= policy.consistent_answers_min.max(1) && answered_at.since(started_at) >= wait_ms
+    streak >= policy.consistent_answers_min.max(1) && answered_at.since(unknown_since) >= wait_ms
 }
 
 fn resolve(

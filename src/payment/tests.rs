@@ -557,7 +557,7 @@ fn conflict_is_final_and_keeps_the_first_evidence() {
 #[test]
 fn not_found_is_trusted_only_after_the_delay_and_enough_answers() {
     let mut events = given("unknown");
-    // Started at T0+10. Policy: 1000 ms delay, 2 consistent answers.
+    // Started at T0+10, unknown since T0+20. Policy: 1000 ms delay, 2 consistent answers.
     events.push(queried(500, 1, not_found(1_000, 2)));
     events.push(queried(900, 1, not_found(1_000, 2)));
     let state = PaymentState::fold(key(), &events).unwrap();
@@ -573,9 +573,13 @@ fn not_found_is_trusted_only_after_the_delay_and_enough_answers() {
         "two answers before the delay passed keep the key unknown: {:?}",
         state.phase
     );
+    // The delay runs from when the attempt became unknown (T0+20), not from when it started:
+    // the request may have been sent just before the timeout.
+    let early = apply(&state, &queried(1_015, 1, not_found(1_000, 2))).unwrap();
+    assert_eq!(early.phase.name(), "unknown");
     check(
         events.clone(),
-        queried(1_010, 1, not_found(1_000, 2)),
+        queried(1_020, 1, not_found(1_000, 2)),
         Ok(ready(2)),
     );
 
@@ -610,7 +614,7 @@ fn clock_skew_margin_extends_the_wait() {
     let state = PaymentState::fold(key(), &given("unknown")).unwrap();
     let early = apply(&state, &queried(1_400, 1, answer.clone())).unwrap();
     assert_eq!(early.phase.name(), "unknown");
-    check(given("unknown"), queried(1_510, 1, answer), Ok(ready(2)));
+    check(given("unknown"), queried(1_520, 1, answer), Ok(ready(2)));
 }
 
 #[test]

@@ -1,0 +1,203 @@
+//! A simulated payment provider with seeded faults. It keeps the truth the simulation checks
+//! against: which references were really charged, and which charges it lost.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::event::{NotSentReason, UnknownReason};
+use crate::key::{ProviderReference, UnixMillis};
+use crate::reconcile::{ChargeReply, ChargeRequest, Provider, QueryReply};
+
+use super::Profile;
+
+/// What the provider really did with a reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Truth {
+    /// Charged; queries show it from `visible_at` on.
+    Charged {
+        transaction_id: String,
+        amount: u64,
+        visible_at: UnixMillis,
+    },
+    /// Charged, then lost: queries say "not found" forever; a settlement line shows it later.
+    Lost { transaction_id: String, amount: u64 },
+    /// Declined.
+    Declined,
+}
+
+/// Evidence waiting to be delivered (webhooks, settlement lines).
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub due: UnixMillis,
+    pub reference: String,
+    pub transaction_id: String,
+    pub amount: u64,
+    pub settlement: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct ProviderState {
+    pub rng: ChaCha8Rng,
+    pub now: UnixMillis,
+    pub profile: Profile,
+    pub faults_on: bool,
+    pub truth: BTreeMap<String, Truth>,
+    pub pending: Vec<Pending>,
+    pub charges: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Lag before a charge shows in queries, at most the ledger's visibility delay.
+    pub visibility_lag_max_ms: u64,
+}
+
+/// The simulated provider; clones share state.
+#[derive(Clone, Debug)]
+pub(crate) struct SimProvider(pub Arc<Mutex<ProviderState>>);
+
+impl SimProvider {
+    pub fn state(&self) -> MutexGuard<'_, ProviderState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ProviderState {
+    fn roll(&mut self, rate: f64) -> bool {
+        self.faults_on && rate > 0.0 && self.rng.random_bool(rate.min(1.0))
+    }
+
+    fn fault(&mut self, name: &'static str) {
+        *self.faults.entry(name).or_default() += 1;
+    }
+}
+
+impl Provider for SimProvider {
+    fn charge(&self, request: &ChargeRequest) -> ChargeReply {
+        let mut s = self.state();
+        let p = s.profile.rates();
+        if s.roll(p.refused) {
+            s.fault("refused before processing");
+            return ChargeReply::NotSent(NotSentReason::ConnectionRefused);
+        }
+        if s.roll(p.server_error_unprocessed) {
+            s.fault("5xx without processing");
+            return ChargeReply::ServerError { status: 503 };
+        }
+        let reference = request.provider_reference.as_str().to_string();
+        if let Some(existing) = s.truth.get(&reference).cloned() {
+            // The provider's own idempotency: the same reference is never processed twice.
+            return match existing {
+                Truth::Charged {
+                    transaction_id,
+                    amount,
+                    ..
+                } => ChargeReply::Charged {
+                    transaction_id,
+                    amount_minor: amount,
+                },
+                Truth::Lost { .. } => ChargeReply::Timeout,
+                Truth::Declined => ChargeReply::Declined {
+                    code: "card_declined".into(),
+                },
+            };
+        }
+        if s.rng.random_bool(p.decline) {
+            s.truth.insert(reference, Truth::Declined);
+            return ChargeReply::Declined {
+                code: "card_declined".into(),
+            };
+        }
+        s.charges += 1;
+        let transaction_id = format!("ch_{:06}", s.charges);
+        let amount = request.amount.minor();
+        let lag_max = s.visibility_lag_max_ms;
+        let lag = s.rng.random_range(0..=lag_max);
+        let now = s.now;
+        if s.roll(p.lose_charge) {
+            s.fault("charge processed then lost");
+            s.truth.insert(
+                reference.clone(),
+                Truth::Lost {
+                    transaction_id: transaction_id.clone(),
+                    amount,
+                },
+            );
+            let due = now.plus_ms(s.rng.random_range(50_000..400_000));
+            s.pending.push(Pending {
+                due,
+                reference,
+                transaction_id,
+                amount,
+                settlement: true,
+            });
+            return ChargeReply::Timeout;
+        }
+        s.truth.insert(
+            reference.clone(),
+            Truth::Charged {
+                transaction_id: transaction_id.clone(),
+                amount,
+                visible_at: now.plus_ms(lag),
+            },
+        );
+        if s.roll(p.webhook) {
+            let due = now.plus_ms(s.rng.random_range(0..120_000));
+            s.pending.push(Pending {
+                due,
+                reference,
+                transaction_id: transaction_id.clone(),
+                amount,
+                settlement: false,
+            });
+        }
+        if s.roll(p.reply_lost) {
+            s.fault("success reply lost");
+            return ChargeReply::ConnectionLost;
+        }
+        if s.roll(p.reply_late) {
+            s.fault("success reply after the deadline");
+            return ChargeReply::Timeout;
+        }
+        if s.roll(p.server_error_processed) {
+            s.fault("5xx after processing");
+            return ChargeReply::ServerError { status: 500 };
+        }
+        if s.roll(p.malformed) {
+            s.fault("reply in an unexpected shape");
+            return ChargeReply::Malformed {
+                detail: "{\"status\":\"ok\",\"id\":null}".into(),
+            };
+        }
+        ChargeReply::Charged {
+            transaction_id,
+            amount_minor: amount,
+        }
+    }
+
+    fn query(&self, reference: &ProviderReference) -> QueryReply {
+        let mut s = self.state();
+        let p = s.profile.rates();
+        if s.roll(p.query_outage) {
+            s.fault("query outage");
+            return QueryReply::Failed(UnknownReason::ProviderError { status: 503 });
+        }
+        match s.truth.get(reference.as_str()) {
+            Some(Truth::Charged {
+                transaction_id,
+                amount,
+                visible_at,
+            }) if *visible_at <= s.now => QueryReply::Succeeded {
+                transaction_id: transaction_id.clone(),
+                amount_minor: *amount,
+            },
+            // Inside its visibility lag a real provider does not show the charge yet: this is
+            // why "not found" is trusted only after the visibility delay.
+            Some(Truth::Charged { .. }) => QueryReply::NotFound,
+            Some(Truth::Declined) => QueryReply::Declined {
+                code: "card_declined".into(),
+            },
+            Some(Truth::Lost { .. }) | None => QueryReply::NotFound,
+        }
+    }
+}
