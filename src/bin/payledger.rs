@@ -40,13 +40,13 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Scheduler steps before the heal phase.
-        #[arg(long, default_value_t = 4_000)]
+        #[arg(long, default_value_t = 20_000)]
         ops: u64,
         /// Concurrent logical clients.
         #[arg(long, default_value_t = 16)]
         clients: usize,
         /// Orders (idempotency keys).
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 1_000)]
         keys: usize,
         /// How hostile the world is: calm, stormy or hostile.
         #[arg(long, default_value = "stormy")]
@@ -202,7 +202,7 @@ fn simulate(config: SimConfig) -> payledger::Result<ExitCode> {
         "payledger simulate: seed {}, {} ops, {} clients, {} keys, profile {}",
         config.seed, config.ops, config.clients, config.keys, config.profile
     );
-    let bar = (config.ops >= 20_000 && std::io::stderr().is_terminal()).then(|| {
+    let bar = (config.ops >= 100_000 && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(config.ops);
         bar.set_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} steps, {eta} left")

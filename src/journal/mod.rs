@@ -393,7 +393,7 @@ impl Journal {
                 });
                 writer
             }
-            Some(last) => recover_last(&*storage, last, &config, &mut report)?,
+            Some(last) => recover_last(&*storage, last, &mut report)?,
         };
         report.segments = journal_segments.len();
         report.last_sequence = Sequence(writer.next_sequence - 1);
@@ -848,7 +848,6 @@ fn create_segment(
 fn recover_last(
     storage: &dyn Storage,
     last: &SegmentInfo,
-    config: &JournalConfig,
     report: &mut RecoveryReport,
 ) -> Result<Writer> {
     let file = storage
@@ -880,9 +879,9 @@ fn recover_last(
         let zeros = vec![0u8; garbage_end - scan.end];
         file.write_all_at(&zeros, scan.end as u64).map_err(io_err)?;
     }
-    if (bytes.len() as u64) < config.segment_len {
-        file.preallocate(config.segment_len).map_err(io_err)?;
-    }
+    // An existing segment keeps the length it has: only new segments are preallocated, so that
+    // opening a journal (even with another configured segment length) changes no byte of it
+    // beyond a torn tail.
     // What was just read may be only in the page cache (a previous process's sync failed, or
     // it died before syncing): make it durable before anyone is served from it.
     file.sync_data().map_err(io_err)?;

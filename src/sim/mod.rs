@@ -154,9 +154,9 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             seed: 42,
-            ops: 4_000,
+            ops: 20_000,
             clients: 16,
-            keys: 200,
+            keys: 1_000,
             profile: Profile::Stormy,
             dir: None,
             broken: None,
@@ -722,27 +722,6 @@ impl World {
             let next = apply(&state, &event)?;
             replayed.insert(event.key.clone(), next);
         }
-        for (key, state) in &replayed {
-            if ledger.state(key)?.as_ref() != Some(state) {
-                self.report.violate(format!(
-                    "replaying the journal gives another state for {key}"
-                ));
-            }
-            let phase = state.phase.name();
-            *self.report.final_phases.entry(phase).or_default() += 1;
-            if !matches!(
-                state.phase.kind(),
-                PhaseKind::Succeeded
-                    | PhaseKind::Declined
-                    | PhaseKind::Exhausted
-                    | PhaseKind::InReview
-                    | PhaseKind::Conflict
-            ) {
-                self.report.unresolved_after_heal += 1;
-                self.report
-                    .violate(format!("{key} is {phase} after healing"));
-            }
-        }
         // Charges per order at the provider.
         let truth = self.provider.state().truth.clone();
         for order in &self.orders {
@@ -782,6 +761,27 @@ impl World {
                         keys.join(", ")
                     ));
                 }
+            }
+        }
+        for (key, state) in &replayed {
+            if ledger.state(key)?.as_ref() != Some(state) {
+                self.report.violate(format!(
+                    "replaying the journal gives another state for {key}"
+                ));
+            }
+            let phase = state.phase.name();
+            *self.report.final_phases.entry(phase).or_default() += 1;
+            if !matches!(
+                state.phase.kind(),
+                PhaseKind::Succeeded
+                    | PhaseKind::Declined
+                    | PhaseKind::Exhausted
+                    | PhaseKind::InReview
+                    | PhaseKind::Conflict
+            ) {
+                self.report.unresolved_after_heal += 1;
+                self.report
+                    .violate(format!("{key} is {phase} after healing"));
             }
         }
         Ok(())
