@@ -45,6 +45,11 @@ pub mod payment;
 pub mod reconcile;
 pub mod sim;
 
+/// The README's examples, compiled as doctests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, InputError, Result};
 pub use event::{
