@@ -41,9 +41,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +53,7 @@ use crate::event::{
     Event, EventKind, EvidenceSource, Finding, Outcome, QueryAnswer, Resolution, ReviewReason,
     UnknownReason,
 };
+use crate::gate::{Admission, GateStore, KeyGate};
 use crate::index::{Index, IndexEntry};
 use crate::intent::{Fingerprint, Intent};
 use crate::journal::codec::{decode_event, encode_event};
@@ -67,8 +66,6 @@ use crate::key::{
 use crate::limits::{LIST_LIMIT_MAX, SEGMENT_LEN_DEFAULT};
 use crate::payment::{Decision, PaymentState, Phase, PhaseKind, Verdict, apply};
 use crate::reconcile::{ChargeRequest, Provider, ReconcileConfig};
-
-const KEY_LOCK_STRIPES: usize = 1024;
 
 /// How a ledger is opened.
 #[derive(Clone, Debug)]
@@ -261,7 +258,7 @@ impl Drop for Ticket {
         }
         if let Some(inner) = self.ledger.upgrade() {
             tracing::warn!(key = %self.key, attempt = self.attempt.get(), "ticket dropped without an outcome; key left for the reconciler");
-            lock(&inner.live).remove(&self.key);
+            inner.gate.release(&self.key);
             lock(&inner.abandoned).push((self.key.clone(), self.attempt));
         }
     }
@@ -342,10 +339,8 @@ struct Inner {
     journal: Journal,
     index: Index,
     config: LedgerConfig,
-    key_locks: Vec<Mutex<()>>,
-    live: Mutex<HashMap<IdempotencyKey, AttemptNumber>>,
+    gate: KeyGate,
     abandoned: Mutex<Vec<(IdempotencyKey, AttemptNumber)>>,
-    unwritten_outcomes: Mutex<HashSet<IdempotencyKey>>,
     watermark: Mutex<Watermark>,
     index_failed: AtomicBool,
 }
@@ -397,10 +392,8 @@ impl Ledger {
             journal,
             index,
             config,
-            key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            live: Mutex::new(HashMap::new()),
+            gate: KeyGate::new(),
             abandoned: Mutex::new(Vec::new()),
-            unwritten_outcomes: Mutex::new(HashSet::new()),
             watermark: Mutex::new(Watermark::default()),
             index_failed: AtomicBool::new(false),
         });
@@ -549,11 +542,8 @@ impl Ledger {
         }
     }
 
-    fn lock_key(&self, key: &IdempotencyKey) -> MutexGuard<'_, ()> {
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        let stripe = usize::try_from(hasher.finish() % KEY_LOCK_STRIPES as u64).unwrap_or(0);
-        lock(&self.inner.key_locks[stripe])
+    fn lock_key(&self, key: &IdempotencyKey) -> crate::sync::MutexGuard<'_, ()> {
+        self.inner.gate.lock(key)
     }
 
     fn writable(&self) -> Result<()> {
@@ -627,50 +617,11 @@ impl Ledger {
         let _enter = span.enter();
         let started = Instant::now();
         self.writable()?;
-        let fingerprint = intent.fingerprint();
-        let _guard = self.lock_key(key);
-        let entry = self.inner.index.get(key)?;
-        let state = entry
-            .as_ref()
-            .map_or_else(|| PaymentState::new(key.clone()), |e| e.state.clone());
-        let decision = state.decide(&fingerprint);
-        let begin = match decision {
-            _ if lock(&self.inner.unwritten_outcomes).contains(key)
-                && !matches!(decision, Decision::KeyReused { .. }) =>
-            {
-                let attempt = state
-                    .phase
-                    .possibly_charged()
-                    .unwrap_or(AttemptNumber::FIRST);
-                Begin::AwaitingReconciliation { attempt }
-            }
-            Decision::StartAttempt {
+        let begin = match self.inner.gate.admit(self, key, intent, self.now())? {
+            Admission::Attempt {
                 attempt,
-                record_intent,
+                provider_reference,
             } => {
-                let now = self.now();
-                let provider_reference = ProviderReference::derive(key, attempt);
-                let mut events = Vec::with_capacity(2);
-                if record_intent {
-                    events.push(self.event(
-                        key,
-                        now,
-                        EventKind::IntentRecorded {
-                            intent: intent.clone(),
-                            fingerprint,
-                        },
-                    ));
-                }
-                events.push(self.event(
-                    key,
-                    now,
-                    EventKind::AttemptStarted {
-                        attempt,
-                        provider_reference: provider_reference.clone(),
-                    },
-                ));
-                self.commit(key, entry.as_ref(), events)?;
-                lock(&self.inner.live).insert(key.clone(), attempt);
                 span.record("attempt", attempt.get());
                 span.record("provider_reference", provider_reference.as_str());
                 Begin::Attempt(Ticket {
@@ -681,22 +632,8 @@ impl Ledger {
                     recorded: false,
                 })
             }
-            Decision::InFlight { attempt } if !lock(&self.inner.live).contains_key(key) => {
-                // Its ticket was dropped: nobody will report this attempt's outcome.
-                let event = self.event(
-                    key,
-                    self.now(),
-                    EventKind::OutcomeReported {
-                        attempt,
-                        outcome: Outcome::Unknown {
-                            reason: UnknownReason::TicketDropped,
-                        },
-                    },
-                );
-                self.commit(key, entry.as_ref(), vec![event])?;
-                Begin::AwaitingReconciliation { attempt }
-            }
-            other => Begin::from_decision(other),
+            Admission::Orphaned { attempt } => Begin::AwaitingReconciliation { attempt },
+            Admission::Decided(decision) => Begin::from_decision(decision),
         };
         tracing::debug!(decision = ?begin_name(&begin), duration_us = elapsed_us(started), "begin");
         Ok(begin)
@@ -724,7 +661,7 @@ impl Ledger {
         let key = ticket.key.clone();
         let attempt = ticket.attempt;
         let _guard = self.lock_key(&key);
-        lock(&self.inner.live).remove(&key);
+        self.inner.gate.release(&key);
         let result = self.record_locked(&key, attempt, outcome);
         match &result {
             Ok(state) => tracing::info!(
@@ -734,7 +671,7 @@ impl Ledger {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "outcome could not be recorded; key treated as unknown");
-                lock(&self.inner.unwritten_outcomes).insert(key);
+                self.inner.gate.mark_unwritten(&key);
             }
         }
         result
@@ -957,7 +894,7 @@ impl Ledger {
             },
         );
         let after = self.commit(key, entry.as_ref(), vec![event])?;
-        lock(&self.inner.unwritten_outcomes).remove(key);
+        self.inner.gate.clear_unwritten(key);
         tracing::info!(phase = after.state.phase.name(), "resolved by operator");
         Ok(after.state)
     }
@@ -980,7 +917,7 @@ impl Ledger {
         let event = self.event(key, now, EventKind::ProviderQueried { attempt, answer });
         let after = self.commit(key, entry.as_ref(), vec![event])?;
         if !matches!(after.state.phase, Phase::Unknown { .. }) {
-            lock(&self.inner.unwritten_outcomes).remove(key);
+            self.inner.gate.clear_unwritten(key);
         }
         Ok(Some(after.state.phase))
     }
@@ -1018,7 +955,7 @@ impl Ledger {
         let mut count = 0;
         for (key, attempt) in abandoned {
             let _guard = self.lock_key(&key);
-            if lock(&self.inner.live).contains_key(&key) {
+            if self.inner.gate.is_live(&key) {
                 continue;
             }
             let entry = self.inner.index.get(&key)?;
@@ -1150,6 +1087,27 @@ impl Ledger {
     /// Index errors.
     pub fn index_watermark(&self) -> Result<Sequence> {
         Ok(Sequence(self.inner.index.watermark()?))
+    }
+}
+
+impl GateStore for Ledger {
+    type Entry = IndexEntry;
+
+    fn load(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
+        self.inner.index.get(key)
+    }
+
+    fn state(entry: &IndexEntry) -> &PaymentState {
+        &entry.state
+    }
+
+    fn append(
+        &self,
+        key: &IdempotencyKey,
+        before: Option<&IndexEntry>,
+        events: Vec<Event>,
+    ) -> Result<()> {
+        self.commit(key, before, events).map(drop)
     }
 }
 

@@ -35,6 +35,7 @@ pub mod error;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+mod gate;
 mod index;
 pub mod intent;
 pub mod journal;
@@ -44,6 +45,7 @@ pub mod limits;
 pub mod payment;
 pub mod reconcile;
 pub mod sim;
+mod sync;
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]

@@ -1,0 +1,302 @@
+//! The per-key gate: serialises the requests for one key and knows which attempts have a live
+//! ticket in this process.
+//!
+//! Invariant: for one key, between loading its state and appending the events that follow from
+//! it, no other request for that key runs; so two simultaneous `begin` calls yield exactly one
+//! attempt and the other sees it in flight. An attempt in flight without a live ticket (dropped,
+//! or from a process that ended) is never handed out again: it becomes unknown.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+
+use crate::error::Result;
+use crate::event::{Event, EventKind, Outcome, UnknownReason};
+use crate::intent::Intent;
+use crate::key::{AttemptNumber, IdempotencyKey, ProviderReference, UnixMillis};
+use crate::payment::{Decision, PaymentState};
+use crate::sync::{Mutex, MutexGuard, lock};
+
+const STRIPES: usize = 1024;
+
+/// Where the gate reads a key's state and appends its events (the ledger: journal + index).
+pub(crate) trait GateStore {
+    /// What `load` returns and `append` is given back, so the store need not read twice.
+    type Entry;
+    /// The key's entry, if it has any event.
+    fn load(&self, key: &IdempotencyKey) -> Result<Option<Self::Entry>>;
+    /// The state inside an entry.
+    fn state(entry: &Self::Entry) -> &PaymentState;
+    /// Checks `events` against the fold and makes them durable, atomically.
+    fn append(
+        &self,
+        key: &IdempotencyKey,
+        before: Option<&Self::Entry>,
+        events: Vec<Event>,
+    ) -> Result<()>;
+}
+
+/// What the gate decided for a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// The attempt is durable and its ticket is live: call the provider.
+    Attempt {
+        attempt: AttemptNumber,
+        provider_reference: ProviderReference,
+    },
+    /// The attempt in flight had no live ticket; it is now unknown.
+    Orphaned { attempt: AttemptNumber },
+    /// Nothing to do but relay the decision.
+    Decided(Decision),
+}
+
+#[derive(Debug)]
+pub(crate) struct KeyGate {
+    stripes: Vec<Mutex<()>>,
+    live: Mutex<HashMap<IdempotencyKey, AttemptNumber>>,
+    /// Keys whose outcome could not be written: unknown in this process whatever the store says.
+    unwritten: Mutex<HashSet<IdempotencyKey>>,
+}
+
+impl KeyGate {
+    pub fn new() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            live: Mutex::new(HashMap::new()),
+            unwritten: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Serialises work on `key` (and on the keys sharing its stripe) until the guard drops.
+    pub fn lock(&self, key: &IdempotencyKey) -> MutexGuard<'_, ()> {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let stripe = usize::try_from(hasher.finish() % STRIPES as u64).unwrap_or(0);
+        lock(&self.stripes[stripe])
+    }
+
+    /// Whether `key` has a live ticket.
+    pub fn is_live(&self, key: &IdempotencyKey) -> bool {
+        lock(&self.live).contains_key(key)
+    }
+
+    /// The ticket of `key` is gone (recorded or dropped).
+    pub fn release(&self, key: &IdempotencyKey) {
+        lock(&self.live).remove(key);
+    }
+
+    /// The outcome of `key`'s attempt could not be written.
+    pub fn mark_unwritten(&self, key: &IdempotencyKey) {
+        lock(&self.unwritten).insert(key.clone());
+    }
+
+    /// Evidence or an operator settled `key`.
+    pub fn clear_unwritten(&self, key: &IdempotencyKey) {
+        lock(&self.unwritten).remove(key);
+    }
+
+    /// The gate: decides what a request for `key` with `intent` may do, and for a new attempt
+    /// makes it durable and its ticket live before returning.
+    pub fn admit<S: GateStore>(
+        &self,
+        store: &S,
+        key: &IdempotencyKey,
+        intent: &Intent,
+        now: UnixMillis,
+    ) -> Result<Admission> {
+        let fingerprint = intent.fingerprint();
+        let _guard = self.lock(key);
+        let entry = store.load(key)?;
+        let state = entry
+            .as_ref()
+            .map_or_else(|| PaymentState::new(key.clone()), |e| S::state(e).clone());
+        let decision = state.decide(&fingerprint);
+        if lock(&self.unwritten).contains(key) && !matches!(decision, Decision::KeyReused { .. }) {
+            let attempt = state
+                .phase
+                .possibly_charged()
+                .unwrap_or(AttemptNumber::FIRST);
+            return Ok(Admission::Decided(Decision::AwaitingReconciliation {
+                attempt,
+            }));
+        }
+        let event = |kind| Event {
+            key: key.clone(),
+            at: now,
+            kind,
+        };
+        match decision {
+            Decision::StartAttempt {
+                attempt,
+                record_intent,
+            } => {
+                let provider_reference = ProviderReference::derive(key, attempt);
+                let mut events = Vec::with_capacity(2);
+                if record_intent {
+                    events.push(event(EventKind::IntentRecorded {
+                        intent: intent.clone(),
+                        fingerprint,
+                    }));
+                }
+                events.push(event(EventKind::AttemptStarted {
+                    attempt,
+                    provider_reference: provider_reference.clone(),
+                }));
+                store.append(key, entry.as_ref(), events)?;
+                lock(&self.live).insert(key.clone(), attempt);
+                Ok(Admission::Attempt {
+                    attempt,
+                    provider_reference,
+                })
+            }
+            Decision::InFlight { attempt } if !self.is_live(key) => {
+                // Nobody will report this attempt's outcome.
+                store.append(
+                    key,
+                    entry.as_ref(),
+                    vec![event(EventKind::OutcomeReported {
+                        attempt,
+                        outcome: Outcome::Unknown {
+                            reason: UnknownReason::TicketDropped,
+                        },
+                    })],
+                )?;
+                Ok(Admission::Orphaned { attempt })
+            }
+            other => Ok(Admission::Decided(other)),
+        }
+    }
+}
+
+#[cfg(all(test, shuttle))]
+mod shuttle_tests {
+    //! Run with `RUSTFLAGS="--cfg shuttle" cargo test --lib gate`: shuttle explores the
+    //! interleavings of the real gate over an in-memory store that runs the real fold.
+
+    use std::collections::HashMap;
+
+    use shuttle::sync::Arc;
+
+    use super::*;
+    use crate::intent::Metadata;
+    use crate::key::{AccountId, Amount, Currency, CustomerRef};
+    use crate::payment::apply;
+
+    #[derive(Default)]
+    struct MemStore(Mutex<HashMap<IdempotencyKey, PaymentState>>);
+
+    impl GateStore for MemStore {
+        type Entry = PaymentState;
+        fn load(&self, key: &IdempotencyKey) -> Result<Option<PaymentState>> {
+            Ok(lock(&self.0).get(key).cloned())
+        }
+        fn state(entry: &PaymentState) -> &PaymentState {
+            entry
+        }
+        fn append(
+            &self,
+            key: &IdempotencyKey,
+            before: Option<&PaymentState>,
+            events: Vec<Event>,
+        ) -> Result<()> {
+            let mut state = before
+                .cloned()
+                .unwrap_or_else(|| PaymentState::new(key.clone()));
+            for event in &events {
+                state = apply(&state, event)?;
+            }
+            // Yield inside the append, where a real journal waits for its sync.
+            shuttle::thread::yield_now();
+            lock(&self.0).insert(key.clone(), state);
+            Ok(())
+        }
+    }
+
+    fn intent() -> Intent {
+        Intent {
+            amount: Amount::new(100).unwrap(),
+            currency: Currency::new("EUR").unwrap(),
+            account: AccountId::new("a").unwrap(),
+            customer: CustomerRef::new("c").unwrap(),
+            description: None,
+            metadata: Metadata::default(),
+        }
+    }
+
+    fn concurrent_begins(threads: usize) {
+        let gate = Arc::new(KeyGate::new());
+        let store = Arc::new(MemStore::default());
+        let key = IdempotencyKey::new("k").unwrap();
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (gate, store, key) = (Arc::clone(&gate), Arc::clone(&store), key.clone());
+                shuttle::thread::spawn(move || {
+                    gate.admit(&*store, &key, &intent(), UnixMillis(1)).unwrap()
+                })
+            })
+            .collect();
+        let admissions: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let attempts = admissions
+            .iter()
+            .filter(|a| matches!(a, Admission::Attempt { .. }))
+            .count();
+        assert_eq!(attempts, 1, "{admissions:?}");
+        for other in admissions
+            .iter()
+            .filter(|a| !matches!(a, Admission::Attempt { .. }))
+        {
+            assert_eq!(
+                other,
+                &Admission::Decided(Decision::InFlight {
+                    attempt: AttemptNumber::FIRST
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn two_simultaneous_begins_yield_one_attempt_in_every_interleaving() {
+        shuttle::check_dfs(|| concurrent_begins(2), None);
+    }
+
+    #[test]
+    fn many_simultaneous_begins_yield_one_attempt() {
+        shuttle::check_pct(|| concurrent_begins(4), 2_000, 3);
+    }
+
+    #[test]
+    fn a_dropped_ticket_racing_a_begin_never_yields_a_second_attempt() {
+        shuttle::check_dfs(
+            || {
+                let gate = Arc::new(KeyGate::new());
+                let store = Arc::new(MemStore::default());
+                let key = IdempotencyKey::new("k").unwrap();
+                let first = gate.admit(&*store, &key, &intent(), UnixMillis(1)).unwrap();
+                assert!(matches!(first, Admission::Attempt { .. }));
+                let dropper = {
+                    let (gate, key) = (Arc::clone(&gate), key.clone());
+                    shuttle::thread::spawn(move || {
+                        let _guard = gate.lock(&key);
+                        gate.release(&key);
+                    })
+                };
+                let racer = {
+                    let (gate, store, key) = (Arc::clone(&gate), Arc::clone(&store), key.clone());
+                    shuttle::thread::spawn(move || {
+                        gate.admit(&*store, &key, &intent(), UnixMillis(2)).unwrap()
+                    })
+                };
+                dropper.join().unwrap();
+                let second = racer.join().unwrap();
+                assert!(
+                    matches!(
+                        second,
+                        Admission::Decided(Decision::InFlight { .. }) | Admission::Orphaned { .. }
+                    ),
+                    "{second:?}"
+                );
+            },
+            None,
+        );
+    }
+}
