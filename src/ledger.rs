@@ -194,6 +194,46 @@ pub enum Begin {
 }
 
 impl Begin {
+    /// The decision this answer stands for, for relaying or logging (an attempt shows as
+    /// `StartAttempt`; its ticket stays with the caller).
+    pub fn decision(&self) -> Decision {
+        match self {
+            Begin::Attempt(ticket) => Decision::StartAttempt {
+                attempt: ticket.attempt,
+                record_intent: false,
+            },
+            Begin::AlreadySucceeded {
+                attempt,
+                transaction_id,
+                amount,
+            } => Decision::AlreadySucceeded {
+                attempt: *attempt,
+                transaction_id: transaction_id.clone(),
+                amount: *amount,
+            },
+            Begin::AlreadyDeclined { attempt, code } => Decision::AlreadyDeclined {
+                attempt: *attempt,
+                code: code.clone(),
+            },
+            Begin::AttemptsExhausted { attempt } => {
+                Decision::AttemptsExhausted { attempt: *attempt }
+            }
+            Begin::InFlight { attempt } => Decision::InFlight { attempt: *attempt },
+            Begin::AwaitingReconciliation { attempt } => {
+                Decision::AwaitingReconciliation { attempt: *attempt }
+            }
+            Begin::InReview { attempt } => Decision::InReview { attempt: *attempt },
+            Begin::InConflict { attempt } => Decision::InConflict { attempt: *attempt },
+            Begin::KeyReused {
+                recorded,
+                requested,
+            } => Decision::KeyReused {
+                recorded: *recorded,
+                requested: *requested,
+            },
+        }
+    }
+
     fn from_decision(decision: Decision) -> Self {
         match decision {
             Decision::AlreadySucceeded {
@@ -787,21 +827,10 @@ impl Ledger {
         let ticket = match self.begin(key, intent)? {
             Begin::Attempt(ticket) => ticket,
             other => {
-                let decision = match self.state(key)? {
-                    Some(state) if !matches!(other, Begin::AwaitingReconciliation { .. }) => {
-                        state.decide(&fingerprint)
-                    }
-                    _ => match other {
-                        Begin::AwaitingReconciliation { attempt } => {
-                            Decision::AwaitingReconciliation { attempt }
-                        }
-                        _ => PaymentState::new(key.clone()).decide(&fingerprint),
-                    },
-                };
                 return Ok(ChargeReport {
                     called_provider: false,
                     outcome: None,
-                    decision,
+                    decision: other.decision(),
                 });
             }
         };

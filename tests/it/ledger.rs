@@ -489,3 +489,38 @@ fn read_only_ledgers_refuse_appends() {
         Err(Error::ReadOnly)
     ));
 }
+
+#[test]
+fn an_outcome_that_cannot_be_written_leaves_the_key_unknown_not_retryable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = SimDisk::new(9);
+    let clock = clock();
+    let config = LedgerConfig {
+        storage: Arc::new(disk.clone()),
+        index_dir: Some(tmp.path().to_path_buf()),
+        ..config(&clock)
+    };
+    let (ledger, _) = Ledger::open("/ledger", config).unwrap();
+    let k = key("order-disk-full");
+    let Begin::Attempt(ticket) = ledger.begin(&k, &intent(900)).unwrap() else {
+        panic!("attempt")
+    };
+    disk.fail_next_writes(1);
+    let charged = Outcome::Succeeded {
+        transaction_id: TransactionId::new("ch_1").unwrap(),
+        amount: Amount::new(900).unwrap(),
+    };
+    assert!(
+        matches!(ledger.record(ticket, charged), Err(Error::Io { .. })),
+        "the caller gets the error"
+    );
+    // The journal is poisoned, but the gate answers from memory: never a new attempt.
+    assert!(matches!(
+        ledger.begin(&k, &intent(900)).unwrap(),
+        Begin::AwaitingReconciliation { .. }
+    ));
+    assert!(matches!(
+        ledger.begin(&key("other"), &intent(900)),
+        Err(Error::Poisoned)
+    ));
+}
