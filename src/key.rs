@@ -197,7 +197,7 @@ impl ProviderReference {
 }
 
 /// An amount in the currency's minor units (cents for EUR): 1 to
-/// [`AMOUNT_MINOR_MAX`](crate::limits::AMOUNT_MINOR_MAX).
+/// [`AMOUNT_MINOR_MAX`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u64", into = "u64")]
 pub struct Amount(u64);
@@ -308,7 +308,7 @@ impl fmt::Display for Currency {
 }
 
 /// The number of one provider call for a key, from 1 to
-/// [`ATTEMPTS_MAX`](crate::limits::ATTEMPTS_MAX).
+/// [`ATTEMPTS_MAX`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u32", into = "u32")]
 pub struct AttemptNumber(u32);
