@@ -84,6 +84,7 @@ pub(crate) struct Rates {
     pub reply_late: f64,
     pub server_error_processed: f64,
     pub malformed: f64,
+    pub slow_reply: f64,
     pub query_outage: f64,
     /// Per step.
     pub crash: f64,
@@ -109,6 +110,7 @@ impl Profile {
             reply_late: 0.05 * scale,
             server_error_processed: 0.03 * scale,
             malformed: 0.02 * scale,
+            slow_reply: 0.05 * scale,
             query_outage: 0.1 * scale,
             crash: 0.004 * scale,
             disk_fault: 0.002 * scale,
@@ -351,6 +353,7 @@ impl World {
             charges: 0,
             faults: BTreeMap::new(),
             visibility_lag_max_ms: 30_000,
+            last_call_ms: 0,
         })));
         let orders = (0..config.keys.max(1))
             .map(|i| {
@@ -494,6 +497,9 @@ impl World {
                 );
                 self.count("provider calls");
                 let reply = self.provider.charge(&request);
+                // A slow call takes simulated time, during which the world moves on.
+                let took = self.provider.state().last_call_ms;
+                self.set_time(self.now.plus_ms(took));
                 self.clients[c] = ClientState::Replied {
                     order,
                     ticket,

@@ -50,6 +50,8 @@ pub(crate) struct ProviderState {
     pub faults: BTreeMap<&'static str, u64>,
     /// Lag before a charge shows in queries, at most the ledger's visibility delay.
     pub visibility_lag_max_ms: u64,
+    /// Time the last charge call took (a slow reply, still within the deadline).
+    pub last_call_ms: u64,
 }
 
 /// The simulated provider; clones share state.
@@ -76,6 +78,13 @@ impl Provider for SimProvider {
     fn charge(&self, request: &ChargeRequest) -> ChargeReply {
         let mut s = self.state();
         let p = s.profile.rates();
+        s.last_call_ms = 0;
+        if s.roll(p.slow_reply) {
+            s.fault("slow reply within the deadline");
+            let deadline_ms = u64::try_from(request.deadline.as_millis()).unwrap_or(u64::MAX);
+            let slow = s.rng.random_range(deadline_ms / 4..deadline_ms / 2 + 1);
+            s.last_call_ms = slow;
+        }
         if s.roll(p.refused) {
             s.fault("refused before processing");
             return ChargeReply::NotSent(NotSentReason::ConnectionRefused);
