@@ -847,18 +847,7 @@ fn query_answered(
     answer: &QueryAnswer,
     at: UnixMillis,
 ) -> Result<Phase, RejectionReason> {
-    let not_awaiting = RejectionReason::NotAwaitingReconciliation {
-        attempt: attempt.get(),
-    };
-    match &state.phase {
-        Phase::Unknown {
-            attempt: current, ..
-        }
-        | Phase::InReview {
-            attempt: current, ..
-        } if *current == attempt => {}
-        _ => return Err(not_awaiting),
-    }
+    awaiting_reconciliation(state, attempt)?;
     let definitive = match answer {
         QueryAnswer::FoundSucceeded {
             transaction_id,
@@ -929,24 +918,30 @@ fn not_found_is_trusted(
     streak >= policy.consistent_answers_min.max(1) && answered_at.since(unknown_since) >= wait_ms
 }
 
-fn resolve(
+/// Queries and resolutions are only for the attempt that is unknown or in review.
+fn awaiting_reconciliation(
     state: &PaymentState,
     attempt: AttemptNumber,
-    resolution: &Resolution,
-) -> Result<Phase, RejectionReason> {
+) -> Result<(), RejectionReason> {
     match &state.phase {
         Phase::Unknown {
             attempt: current, ..
         }
         | Phase::InReview {
             attempt: current, ..
-        } if *current == attempt => {}
-        _ => {
-            return Err(RejectionReason::NotAwaitingReconciliation {
-                attempt: attempt.get(),
-            });
-        }
+        } if *current == attempt => Ok(()),
+        _ => Err(RejectionReason::NotAwaitingReconciliation {
+            attempt: attempt.get(),
+        }),
     }
+}
+
+fn resolve(
+    state: &PaymentState,
+    attempt: AttemptNumber,
+    resolution: &Resolution,
+) -> Result<Phase, RejectionReason> {
+    awaiting_reconciliation(state, attempt)?;
     match resolution {
         Resolution::Charged {
             transaction_id,
