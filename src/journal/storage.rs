@@ -396,6 +396,15 @@ impl SimHandle {
     }
 }
 
+/// Whether an operation fails now: one of the `armed` failures, or by chance at `rate`.
+fn fault_now(armed: &mut u32, rate: f64, rng: &mut ChaCha8Rng) -> bool {
+    if *armed > 0 {
+        *armed -= 1;
+        return true;
+    }
+    rate > 0.0 && rng.random_bool(rate.min(1.0))
+}
+
 fn missing() -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, "simulated file is gone")
 }
@@ -418,14 +427,8 @@ impl StorageFile for SimHandle {
     }
     fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         self.with(|state, key| {
-            let fail_now = if state.faults.fail_writes > 0 {
-                state.faults.fail_writes -= 1;
-                true
-            } else {
-                let rate = state.faults.write_fail_rate;
-                rate > 0.0 && state.rng.random_bool(rate.min(1.0))
-            };
-            if fail_now {
+            let rate = state.faults.write_fail_rate;
+            if fault_now(&mut state.faults.fail_writes, rate, &mut state.rng) {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
                     "simulated write failure",
@@ -444,14 +447,8 @@ impl StorageFile for SimHandle {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.with(|state, key| {
-            let fail_now = if state.faults.fail_syncs > 0 {
-                state.faults.fail_syncs -= 1;
-                true
-            } else {
-                let rate = state.faults.sync_fail_rate;
-                rate > 0.0 && state.rng.random_bool(rate.min(1.0))
-            };
-            if fail_now {
+            let rate = state.faults.sync_fail_rate;
+            if fault_now(&mut state.faults.fail_syncs, rate, &mut state.rng) {
                 return Err(io::Error::other("simulated fdatasync failure"));
             }
             state.syncs += 1;
