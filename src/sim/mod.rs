@@ -438,13 +438,7 @@ impl World {
         let durable = match &self.ledger {
             Some(ledger) => {
                 let last = ledger.journal().last_sequence();
-                let hash = ledger
-                    .journal()
-                    .read_from(last)
-                    .next()
-                    .transpose()?
-                    .map(|r| r.hash);
-                Some((last, hash))
+                Some((last, chain_hash_at(ledger, last)?))
             }
             None => None,
         };
@@ -466,12 +460,7 @@ impl World {
         {
             let ledger = self.ledger()?;
             let after = ledger.journal().last_sequence();
-            let found = ledger
-                .journal()
-                .read_from(last)
-                .next()
-                .transpose()?
-                .map(|r| r.hash);
+            let found = chain_hash_at(ledger, last)?;
             if after < last || found != hash {
                 let lost = last.0.saturating_sub(after.0).max(1);
                 self.report.acknowledged_lost += lost;
@@ -816,6 +805,17 @@ impl World {
         drop(Ledger::open(dir, config)?);
         Ok(())
     }
+}
+
+/// The chain hash of the record at `sequence`: it commits to every record up to it, so equal
+/// hashes before and after a crash mean nothing durable was lost.
+fn chain_hash_at(ledger: &Ledger, sequence: Sequence) -> Result<Option<[u8; 32]>> {
+    Ok(ledger
+        .journal()
+        .read_from(sequence)
+        .next()
+        .transpose()?
+        .map(|r| r.hash))
 }
 
 /// Runs a simulation. `progress` is called after each step with (steps done, steps total).
