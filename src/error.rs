@@ -4,8 +4,11 @@
 //! different intent, a key awaiting reconciliation) are *values* returned by the gate, never
 //! errors. An [`Error`] means the caller's input was invalid or the ledger cannot do its job.
 
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use crate::key::Sequence;
 use crate::payment::Rejection;
 
 /// Input that a validated type refuses. Returned by every constructor that takes caller,
@@ -62,6 +65,16 @@ pub enum InputError {
         /// The largest attempt number.
         max: u32,
     },
+    /// The index directory would overlap the journal: it is the ledger directory, one of its
+    /// ancestors, or holds journal segments. Deleting or rebuilding the index there could
+    /// destroy the journal, so the ledger refuses to open.
+    #[error("index directory {} {reason}", index_dir.display())]
+    IndexDir {
+        /// The configured index directory.
+        index_dir: PathBuf,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// A configuration value is out of its range.
     #[error("config {field} is {value}, must be {min} to {max}")]
     Config {
@@ -114,10 +127,40 @@ pub enum Error {
         what: String,
     },
 
-    /// A write or sync failed earlier; the journal refuses all appends until reopened, because
-    /// what is on disk after a failed `fdatasync` is unknown.
-    #[error("journal is poisoned by an earlier write or sync failure; reopen it")]
-    Poisoned,
+    /// The write or sync covering this append failed (or the storage panicked): the append may
+    /// or may not be on disk, and the journal is stopped until reopened, because what is on disk
+    /// after a failed `fdatasync` is unknown.
+    #[error("journal append failed and the journal stopped; reopen it")]
+    AppendFailed {
+        /// The failure.
+        #[source]
+        cause: FatalCause,
+    },
+
+    /// The journal stopped after an earlier write or sync failure; nothing of this append was
+    /// written. The cause is the first failure, whichever append met it.
+    #[error("journal stopped by an earlier failure; reopen it")]
+    Poisoned {
+        /// The failure that stopped it.
+        #[source]
+        cause: FatalCause,
+    },
+
+    /// The index reflects journal records the journal does not have: the journal lost records
+    /// that were synced and acknowledged (damage at its end), or the index belongs to a later
+    /// copy of this ledger or to another one. Nothing is rebuilt or cut: an operator decides.
+    #[error(
+        "index {} reflects the journal up to sequence {watermark}, but the journal ends at {journal_last}: acknowledged records are missing from the journal, or the index is not this journal's (docs/runbook.md, \"the index is ahead of the journal\")",
+        index.display()
+    )]
+    IndexAhead {
+        /// The index directory.
+        index: PathBuf,
+        /// The last sequence the index reflects.
+        watermark: Sequence,
+        /// The journal's last sequence.
+        journal_last: Sequence,
+    },
 
     /// One append is larger than a record or segment can hold.
     #[error("append too large: {what}")]
@@ -139,6 +182,15 @@ pub enum Error {
         /// What failed.
         what: String,
     },
+
+    /// The simulator has no open ledger to drive (its own bug, reported rather than panicking).
+    #[cfg(feature = "sim")]
+    #[error("the simulation has no open ledger")]
+    SimulationStopped,
+
+    /// A thread checking a segment in `verify` panicked (a bug, or a panicking storage).
+    #[error("a verify thread panicked")]
+    VerifyPanicked,
 
     /// The ledger was opened read-only; nothing may be appended.
     #[error("ledger is open read-only")]
@@ -186,6 +238,46 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+/// The failure that stopped the journal or the index: what was being done (with the file) and
+/// the underlying I/O error, shared by every error that reports it.
+#[derive(Clone, Debug)]
+pub struct FatalCause {
+    context: String,
+    source: Arc<std::io::Error>,
+}
+
+impl FatalCause {
+    /// A cause: `context` says what was being done, with the path.
+    pub fn new(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// What was being done.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    /// The underlying I/O error.
+    pub fn io_error(&self) -> &std::io::Error {
+        &self.source
+    }
+}
+
+impl fmt::Display for FatalCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.context)
+    }
+}
+
+impl std::error::Error for FatalCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
     }
 }
 

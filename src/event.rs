@@ -6,10 +6,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::InputError;
 use crate::intent::{Fingerprint, Intent};
 use crate::key::{
     Amount, AttemptNumber, DeclineCode, IdempotencyKey, Note, Operator, ProviderReference,
     TransactionId, UnixMillis,
+};
+use crate::limits::{
+    CLOCK_SKEW_MARGIN_MS_MAX, NOT_FOUND_ANSWERS_MIN, QUERIES_MAX, VISIBILITY_DELAY_MS_MAX,
+    VISIBILITY_DELAY_MS_MIN,
 };
 
 /// One fact about one idempotency key.
@@ -17,7 +22,8 @@ use crate::key::{
 pub struct Event {
     /// The key the fact is about.
     pub key: IdempotencyKey,
-    /// When the ledger recorded it (the caller's or simulator's clock, never read by the fold).
+    /// When the ledger recorded it, on the ledger's own wall clock. Informational: no decision
+    /// of the fold that could allow a second charge depends on it.
     pub at: UnixMillis,
     /// What happened.
     pub kind: EventKind,
@@ -152,6 +158,9 @@ pub enum UnknownReason {
     ProcessEnded,
     /// The caller dropped its ticket without recording an outcome.
     TicketDropped,
+    /// The ticket's lease expired before its outcome was recorded (a hung provider call); the
+    /// reconciler took the attempt over.
+    LeaseExpired,
 }
 
 /// The provider's answer to a status query.
@@ -171,7 +180,9 @@ pub enum QueryAnswer {
     },
     /// The provider has the request and has not finished it.
     FoundPending,
-    /// The provider has no record of the reference. Trusted only as far as `policy` allows.
+    /// The provider has no record of the reference, as recorded by ledgers before the
+    /// monotonic wait existed: trusted by the wall-clock time between the unknown outcome and
+    /// this answer. Never written any more; kept so that old journals fold to the same states.
     NotFound {
         /// The reconciler's policy at the time, carried so that the fold stays pure.
         policy: NotFoundPolicy,
@@ -181,19 +192,142 @@ pub enum QueryAnswer {
         /// Why.
         reason: UnknownReason,
     },
+    /// The provider has no record of the reference. Trusted only as far as `policy` allows,
+    /// counting `waited_ms`: how long the ledger had waited on its monotonic clock since the
+    /// attempt became unknown (or since this process first saw it unknown), so that no step of
+    /// the wall clock can shorten the provider's visibility delay.
+    NotFoundAfterWait {
+        /// The reconciler's policy at the time, carried so that the fold stays pure.
+        policy: NotFoundPolicy,
+        /// Monotonic milliseconds waited, measured by the ledger.
+        waited_ms: u64,
+    },
 }
 
 /// When "not found" may be trusted: only after the provider's visibility delay (plus a margin
 /// for clock skew) has passed since the attempt became unknown, and after enough consistent
-/// answers.
+/// answers. Validated on construction and on decoding: the delay is at least
+/// [`VISIBILITY_DELAY_MS_MIN`] and at least [`NOT_FOUND_ANSWERS_MIN`] answers are required.
+///
+/// ```
+/// use payledger::NotFoundPolicy;
+/// let policy = NotFoundPolicy::new(60_000, 5_000, 3)?;
+/// assert_eq!(policy.wait_ms(), 65_000);
+/// assert!(NotFoundPolicy::new(0, 5_000, 3).is_err(), "a zero delay trusts the first answer");
+/// assert!(NotFoundPolicy::new(60_000, 5_000, 0).is_err());
+/// # Ok::<(), payledger::InputError>(())
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(try_from = "NotFoundPolicyFields")]
 pub struct NotFoundPolicy {
+    visibility_delay_ms: u64,
+    clock_skew_margin_ms: u64,
+    consistent_answers_min: u32,
+}
+
+/// The fields of a [`NotFoundPolicy`] as encoded, before validation.
+#[derive(Deserialize)]
+struct NotFoundPolicyFields {
+    visibility_delay_ms: u64,
+    clock_skew_margin_ms: u64,
+    consistent_answers_min: u32,
+}
+
+impl TryFrom<NotFoundPolicyFields> for NotFoundPolicy {
+    type Error = InputError;
+    fn try_from(fields: NotFoundPolicyFields) -> Result<Self, InputError> {
+        Self::new(
+            fields.visibility_delay_ms,
+            fields.clock_skew_margin_ms,
+            fields.consistent_answers_min,
+        )
+    }
+}
+
+impl NotFoundPolicy {
+    /// A policy: "not found" is trusted once `visibility_delay_ms + clock_skew_margin_ms` have
+    /// passed and `consistent_answers_min` consecutive answers agree.
+    ///
+    /// # Errors
+    /// [`InputError::Config`] for a delay outside [`VISIBILITY_DELAY_MS_MIN`] to
+    /// [`VISIBILITY_DELAY_MS_MAX`], a margin above [`CLOCK_SKEW_MARGIN_MS_MAX`], or fewer than
+    /// [`NOT_FOUND_ANSWERS_MIN`] (or more than [`QUERIES_MAX`]) answers.
+    pub fn new(
+        visibility_delay_ms: u64,
+        clock_skew_margin_ms: u64,
+        consistent_answers_min: u32,
+    ) -> Result<Self, InputError> {
+        check_range(
+            "visibility_delay_ms",
+            visibility_delay_ms,
+            VISIBILITY_DELAY_MS_MIN,
+            VISIBILITY_DELAY_MS_MAX,
+        )?;
+        check_range(
+            "clock_skew_margin_ms",
+            clock_skew_margin_ms,
+            0,
+            CLOCK_SKEW_MARGIN_MS_MAX,
+        )?;
+        check_range(
+            "consistent_answers_min",
+            u64::from(consistent_answers_min),
+            u64::from(NOT_FOUND_ANSWERS_MIN),
+            u64::from(QUERIES_MAX),
+        )?;
+        Ok(Self {
+            visibility_delay_ms,
+            clock_skew_margin_ms,
+            consistent_answers_min,
+        })
+    }
+
     /// How long after a charge the provider may still not show it.
-    pub visibility_delay_ms: u64,
+    pub fn visibility_delay_ms(&self) -> u64 {
+        self.visibility_delay_ms
+    }
+
     /// Extra wait for skew between our clock and the provider's.
-    pub clock_skew_margin_ms: u64,
-    /// Consecutive "not found" answers required, including this one.
-    pub consistent_answers_min: u32,
+    pub fn clock_skew_margin_ms(&self) -> u64 {
+        self.clock_skew_margin_ms
+    }
+
+    /// Consecutive "not found" answers required, including the last one.
+    pub fn consistent_answers_min(&self) -> u32 {
+        self.consistent_answers_min
+    }
+
+    /// The default: a 60 s visibility delay, a 5 s margin, 3 consistent answers.
+    pub const DEFAULT: NotFoundPolicy = NotFoundPolicy {
+        visibility_delay_ms: 60_000,
+        clock_skew_margin_ms: 5_000,
+        consistent_answers_min: 3,
+    };
+
+    /// The whole wait before "not found" may be trusted: delay plus margin.
+    pub fn wait_ms(&self) -> u64 {
+        self.visibility_delay_ms
+            .saturating_add(self.clock_skew_margin_ms)
+    }
+}
+
+/// `value` within `min..=max`, else a typed configuration error naming `field`.
+pub(crate) fn check_range(
+    field: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> Result<(), InputError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(InputError::Config {
+            field,
+            value,
+            min,
+            max,
+        })
+    }
 }
 
 /// Where evidence came from.

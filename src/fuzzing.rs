@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::event::Event;
 use crate::journal::codec::decode_event;
 use crate::journal::format::{GENESIS_HASH, SEGMENT_HEADER_LEN, SegmentHeader, decode_record};
-use crate::journal::storage::SimDisk;
+use crate::journal::simdisk::SimDisk;
 use crate::journal::{Journal, JournalConfig};
 use crate::key::{IdempotencyKey, Sequence};
 use crate::payment::{PaymentState, apply};

@@ -4,12 +4,15 @@
 //! Invariant: for one key, between loading its state and appending the events that follow from
 //! it, no other request for that key runs; so two simultaneous `begin` calls yield exactly one
 //! attempt and the other sees it in flight. An attempt in flight without a live ticket (dropped,
-//! or from a process that ended) is never handed out again: it becomes unknown.
+//! or from a process that ended) is never handed out again: it becomes unknown. A ticket is
+//! live from the durable `AttemptStarted` until it is recorded, dropped, or its lease expires
+//! and the reconciler takes the attempt over; releasing a ticket never touches a later attempt's.
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
+use crate::clock::MonotonicMillis;
 use crate::error::Result;
 use crate::event::{Event, EventKind, Outcome, UnknownReason};
 use crate::intent::Intent;
@@ -50,12 +53,21 @@ pub(crate) enum Admission {
     Decided(Decision),
 }
 
+/// A ticket handed out and not yet recorded, dropped or taken over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LiveTicket {
+    pub attempt: AttemptNumber,
+    /// When it was handed out, on the monotonic clock: its lease runs from here.
+    pub issued: MonotonicMillis,
+}
+
 #[derive(Debug)]
 pub(crate) struct KeyGate {
     stripes: Vec<Mutex<()>>,
-    live: Mutex<HashMap<IdempotencyKey, AttemptNumber>>,
-    /// Keys whose outcome could not be written: unknown in this process whatever the store says.
-    unwritten: Mutex<HashSet<IdempotencyKey>>,
+    live: Mutex<HashMap<IdempotencyKey, LiveTicket>>,
+    /// Keys whose outcome could not be written, with when that happened: unknown in this
+    /// process whatever the store says.
+    unwritten: Mutex<HashMap<IdempotencyKey, UnixMillis>>,
 }
 
 impl KeyGate {
@@ -63,7 +75,7 @@ impl KeyGate {
         Self {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             live: Mutex::new(HashMap::new()),
-            unwritten: Mutex::new(HashSet::new()),
+            unwritten: Mutex::new(HashMap::new()),
         }
     }
 
@@ -80,14 +92,36 @@ impl KeyGate {
         lock(&self.live).contains_key(key)
     }
 
-    /// The ticket of `key` is gone (recorded or dropped).
-    pub fn release(&self, key: &IdempotencyKey) {
-        lock(&self.live).remove(key);
+    /// The live ticket of `key`, if it has one.
+    pub fn live(&self, key: &IdempotencyKey) -> Option<LiveTicket> {
+        lock(&self.live).get(key).copied()
     }
 
-    /// The outcome of `key`'s attempt could not be written.
-    pub fn mark_unwritten(&self, key: &IdempotencyKey) {
-        lock(&self.unwritten).insert(key.clone());
+    /// The ticket of `key` for `attempt` is gone (recorded, dropped or taken over). A ticket of
+    /// another attempt stays live: a late ticket never releases its successor.
+    pub fn release(&self, key: &IdempotencyKey, attempt: AttemptNumber) {
+        let mut live = lock(&self.live);
+        if live.get(key).is_some_and(|t| t.attempt == attempt) {
+            live.remove(key);
+        }
+    }
+
+    /// The outcome of `key`'s attempt could not be written at `at`.
+    pub fn mark_unwritten(&self, key: &IdempotencyKey, at: UnixMillis) {
+        lock(&self.unwritten).entry(key.clone()).or_insert(at);
+    }
+
+    /// When the outcome of `key`'s attempt could not be written, if it could not.
+    pub fn unwritten_since(&self, key: &IdempotencyKey) -> Option<UnixMillis> {
+        lock(&self.unwritten).get(key).copied()
+    }
+
+    /// Keys whose outcome could not be written, with when.
+    pub fn unwritten(&self) -> Vec<(IdempotencyKey, UnixMillis)> {
+        lock(&self.unwritten)
+            .iter()
+            .map(|(k, at)| (k.clone(), *at))
+            .collect()
     }
 
     /// Evidence or an operator settled `key`.
@@ -103,6 +137,7 @@ impl KeyGate {
         key: &IdempotencyKey,
         intent: &Intent,
         now: UnixMillis,
+        monotonic: MonotonicMillis,
     ) -> Result<Admission> {
         let fingerprint = intent.fingerprint();
         let _guard = self.lock(key);
@@ -111,7 +146,9 @@ impl KeyGate {
             .as_ref()
             .map_or_else(|| PaymentState::new(key.clone()), |e| S::state(e).clone());
         let decision = state.decide(&fingerprint);
-        if lock(&self.unwritten).contains(key) && !matches!(decision, Decision::KeyReused { .. }) {
+        if lock(&self.unwritten).contains_key(key)
+            && !matches!(decision, Decision::KeyReused { .. })
+        {
             let attempt = state
                 .phase
                 .possibly_charged()
@@ -143,7 +180,12 @@ impl KeyGate {
                     provider_reference: provider_reference.clone(),
                 }));
                 store.append(key, entry.as_ref(), events)?;
-                lock(&self.live).insert(key.clone(), attempt);
+                let ticket = LiveTicket {
+                    attempt,
+                    issued: monotonic,
+                };
+                let previous = lock(&self.live).insert(key.clone(), ticket);
+                assert!(previous.is_none(), "a ticket is inserted only once per key");
                 Ok(Admission::Attempt {
                     attempt,
                     provider_reference,
@@ -231,7 +273,8 @@ mod shuttle_tests {
             .map(|_| {
                 let (gate, store, key) = (Arc::clone(&gate), Arc::clone(&store), key.clone());
                 shuttle::thread::spawn(move || {
-                    gate.admit(&*store, &key, &intent(), UnixMillis(1)).unwrap()
+                    gate.admit(&*store, &key, &intent(), UnixMillis(1), MonotonicMillis(1))
+                        .unwrap()
                 })
             })
             .collect();
@@ -271,19 +314,22 @@ mod shuttle_tests {
                 let gate = Arc::new(KeyGate::new());
                 let store = Arc::new(MemStore::default());
                 let key = IdempotencyKey::new("k").unwrap();
-                let first = gate.admit(&*store, &key, &intent(), UnixMillis(1)).unwrap();
+                let first = gate
+                    .admit(&*store, &key, &intent(), UnixMillis(1), MonotonicMillis(1))
+                    .unwrap();
                 assert!(matches!(first, Admission::Attempt { .. }));
                 let dropper = {
                     let (gate, key) = (Arc::clone(&gate), key.clone());
                     shuttle::thread::spawn(move || {
                         let _guard = gate.lock(&key);
-                        gate.release(&key);
+                        gate.release(&key, AttemptNumber::FIRST);
                     })
                 };
                 let racer = {
                     let (gate, store, key) = (Arc::clone(&gate), Arc::clone(&store), key.clone());
                     shuttle::thread::spawn(move || {
-                        gate.admit(&*store, &key, &intent(), UnixMillis(2)).unwrap()
+                        gate.admit(&*store, &key, &intent(), UnixMillis(2), MonotonicMillis(2))
+                            .unwrap()
                     })
                 };
                 dropper.join().unwrap();

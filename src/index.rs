@@ -11,7 +11,9 @@
 //! - `schedule`: next query time (u64 BE) ‖ key → () — unknown keys by when to query them;
 //! - `references`: provider reference → key;
 //! - `history`: key ‖ 0x00 ‖ sequence (u64 BE) → event payload;
-//! - `meta`: `format` → index format version, `watermark` → last journal sequence reflected.
+//! - `meta`: `format` → index format version, `watermark` → last journal sequence reflected
+//!   (u64 BE) followed by the chain hash of that record (32 bytes), so that an index is tied to
+//!   its journal: an index of another journal, or of a later copy, is recognised on open.
 
 use std::path::Path;
 
@@ -19,11 +21,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::journal::codec::{decode_value, encode_value};
+use crate::journal::format::{ChainHash, GENESIS_HASH};
 use crate::key::{IdempotencyKey, ProviderReference, UnixMillis};
 use crate::payment::{PaymentState, PhaseKind};
 
 /// Bumped whenever the index layout changes; an index of another version is rebuilt.
-const INDEX_FORMAT_VERSION: u64 = 1;
+const INDEX_FORMAT_VERSION: u64 = 2;
+
+/// The files and directories sled keeps in an index directory: the only entries payledger ever
+/// deletes there.
+const SLED_ENTRIES: [&str; 3] = ["conf", "db", "blobs"];
+/// sled's snapshot files start with this.
+const SLED_SNAPSHOT_PREFIX: &str = "snap.";
+
+/// The position an index reflects: the journal sequence up to which every record is applied,
+/// and the chain hash of that record (zeros for an empty journal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IndexWatermark {
+    pub sequence: u64,
+    pub chain_hash: ChainHash,
+}
 
 /// What the index holds per key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,7 +49,8 @@ pub struct IndexEntry {
     pub state: PaymentState,
     /// Journal sequence of that event.
     pub last_sequence: u64,
-    /// When the reconciler should next query the provider (unknown keys only).
+    /// When the reconciler should next query the provider (unknown keys only), on the wall
+    /// clock: a step of it only moves queries earlier or later, never decides anything.
     pub next_query_at: Option<UnixMillis>,
 }
 
@@ -77,6 +95,15 @@ fn history_prefix(key: &IdempotencyKey) -> Vec<u8> {
     let mut bytes = key.as_str().as_bytes().to_vec();
     bytes.push(0);
     bytes
+}
+
+/// The lists a key appears in: its phase, and `Conflict` too while a contradiction waits beside
+/// an attempt still in doubt (which stays listed, and scheduled, under its own phase).
+fn listed_as(state: &PaymentState) -> impl Iterator<Item = PhaseKind> {
+    let phase = state.phase.kind();
+    let conflict =
+        (state.conflict.is_some() && phase != PhaseKind::Conflict).then_some(PhaseKind::Conflict);
+    std::iter::once(phase).chain(conflict)
 }
 
 fn key_from(bytes: &[u8]) -> Result<IdempotencyKey> {
@@ -141,14 +168,59 @@ impl Index {
         Ok(())
     }
 
-    /// The last journal sequence the index reflects.
-    pub fn watermark(&self) -> Result<u64> {
-        Ok(self.meta_u64("watermark")?.unwrap_or(0))
+    /// The journal position the index reflects.
+    pub fn watermark(&self) -> Result<IndexWatermark> {
+        let Some(bytes) = self.meta.get("watermark").map_err(index_error)? else {
+            return Ok(IndexWatermark {
+                sequence: 0,
+                chain_hash: GENESIS_HASH,
+            });
+        };
+        let (sequence, hash) = bytes
+            .split_first_chunk::<8>()
+            .ok_or_else(|| index_error("meta watermark is too short"))?;
+        let chain_hash: ChainHash = hash
+            .try_into()
+            .map_err(|_| index_error("meta watermark hash is not 32 bytes"))?;
+        Ok(IndexWatermark {
+            sequence: u64::from_be_bytes(*sequence),
+            chain_hash,
+        })
     }
 
-    /// Records that every journal sequence up to `sequence` is reflected.
-    pub fn set_watermark(&self, sequence: u64) -> Result<()> {
-        self.set_meta_u64("watermark", sequence)
+    /// Records that every journal record up to `watermark` is reflected.
+    pub fn set_watermark(&self, watermark: IndexWatermark) -> Result<()> {
+        let mut bytes = watermark.sequence.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&watermark.chain_hash);
+        self.meta.insert("watermark", bytes).map_err(index_error)?;
+        Ok(())
+    }
+
+    /// Deletes what sled keeps in `dir` (its config, data, blobs and snapshots) and nothing
+    /// else, so that a misconfigured directory never loses a file that is not the index's.
+    pub fn remove_files(dir: &Path) -> Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("listing index {}", dir.display()), e)),
+        };
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| Error::io(format!("listing index {}", dir.display()), e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !SLED_ENTRIES.contains(&name.as_ref()) && !name.starts_with(SLED_SNAPSHOT_PREFIX) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| Error::io(format!("removing index file {}", path.display()), e))?;
+        }
+        Ok(())
     }
 
     /// The entry of `key`.
@@ -170,18 +242,22 @@ impl Index {
         new_reference: Option<&ProviderReference>,
     ) -> Result<()> {
         if let Some(before) = before {
-            self.phases
-                .remove(phase_key(before.state.phase.kind(), key))
-                .map_err(index_error)?;
+            for kind in listed_as(&before.state) {
+                self.phases
+                    .remove(phase_key(kind, key))
+                    .map_err(index_error)?;
+            }
             if let Some(at) = before.next_query_at {
                 self.schedule
                     .remove(schedule_key(at, key))
                     .map_err(index_error)?;
             }
         }
-        self.phases
-            .insert(phase_key(after.state.phase.kind(), key), &[])
-            .map_err(index_error)?;
+        for kind in listed_as(&after.state) {
+            self.phases
+                .insert(phase_key(kind, key), &[])
+                .map_err(index_error)?;
+        }
         if let Some(at) = after.next_query_at {
             self.schedule
                 .insert(schedule_key(at, key), &[])

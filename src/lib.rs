@@ -33,6 +33,7 @@
 pub mod clock;
 pub mod error;
 pub mod event;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod gate;
@@ -43,7 +44,10 @@ pub mod key;
 pub mod ledger;
 pub mod limits;
 pub mod payment;
+pub mod policy;
+pub mod provider;
 pub mod reconcile;
+#[cfg(feature = "sim")]
 pub mod sim;
 mod sync;
 
@@ -52,15 +56,17 @@ mod sync;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{Error, InputError, Result};
+pub use clock::{Clock, ManualClock, MonotonicMillis, SystemClock};
+pub use error::{Error, FatalCause, InputError, Result};
 pub use event::{
     Event, EventKind, EvidenceSource, Finding, NotFoundPolicy, NotSentReason, Outcome, QueryAnswer,
     Resolution, ReviewReason, UnknownReason,
 };
 pub use intent::{Fingerprint, Intent, Metadata};
-pub use journal::storage::{CrashMode, FsStorage, SimDisk, Storage};
-pub use journal::{Journal, JournalConfig, RecoveryReport, TornTail, VerifyReport};
+#[cfg(feature = "sim")]
+pub use journal::simdisk::{CrashMode, SimDisk};
+pub use journal::storage::{FsStorage, Storage};
+pub use journal::{Appended, Journal, JournalConfig, RecoveryReport, TornTail, VerifyReport};
 pub use key::{
     AccountId, Amount, AttemptNumber, Currency, CustomerRef, DeclineCode, Description,
     IdempotencyKey, Note, Operator, ProviderReference, Sequence, TransactionId, UnixMillis,
@@ -70,9 +76,9 @@ pub use ledger::{
     LedgerConfig, OpenReport, Ticket,
 };
 pub use payment::{
-    Decision, IntentSummary, PaymentState, Phase, PhaseKind, Rejection, RejectionReason, Verdict,
-    apply,
+    Contradiction, Decision, IntentSummary, PaymentState, Phase, PhaseKind, Rejection,
+    RejectionReason, Verdict, apply,
 };
-pub use reconcile::{
-    ChargeReply, ChargeRequest, Provider, QueryReply, ReconcileConfig, ReconcileReport, Reconciler,
-};
+pub use policy::ReconcileConfig;
+pub use provider::{ChargeReply, ChargeRequest, Provider, QueryReply};
+pub use reconcile::{ReconcileReport, Reconciler};

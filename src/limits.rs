@@ -66,6 +66,10 @@ pub const SEGMENT_LEN_MAX: u64 = 1024 * 1024 * 1024;
 /// Default segment size.
 pub const SEGMENT_LEN_DEFAULT: u64 = 64 * 1024 * 1024;
 
+/// Largest record sequence: 2^62. At a million appends a second that lasts 146,000 years, and
+/// it keeps every sum of sequences far from overflowing; a header claiming more is corrupt.
+pub const SEQUENCE_MAX: u64 = 1 << 62;
+
 /// Records one caller may append atomically. The ledger needs two (intent + first attempt).
 pub const ATOMIC_RECORDS_MAX: usize = 8;
 
@@ -81,10 +85,46 @@ pub const RECONCILE_BATCH_MAX: usize = 1_000;
 /// Queries per unknown attempt before it is escalated to manual review, at most.
 pub const QUERIES_MAX: u32 = 100;
 
+/// Shortest provider visibility delay a "not found" policy accepts. A provider needs time to show
+/// a charge in its query API; a zero delay would trust the first "not found", which is the
+/// seeds' retry-on-timeout double charge. Policies are stored in events, so this bound is part of
+/// the event format and is never raised.
+pub const VISIBILITY_DELAY_MS_MIN: u64 = 1_000;
+
+/// Longest visibility delay: a week. An unknown key waits at least this long before "not found"
+/// is trusted; beyond a week a settlement file settles it anyway.
+pub const VISIBILITY_DELAY_MS_MAX: u64 = 7 * 24 * 3_600_000;
+
+/// Largest extra margin for clock skew between the ledger and the provider: an hour.
+pub const CLOCK_SKEW_MARGIN_MS_MAX: u64 = 3_600_000;
+
+/// Consecutive "not found" answers a policy requires, at least: zero would trust silence.
+pub const NOT_FOUND_ANSWERS_MIN: u32 = 1;
+
+/// Shortest ticket lease. A ticket's provider call that outlives its lease is taken over by the
+/// reconciler (the attempt becomes unknown); shorter than a second would take over live calls.
+pub const TICKET_LEASE_MS_MIN: u64 = 1_000;
+
+/// Longest ticket lease: a day. A hung provider call pins its key in flight at most this long.
+pub const TICKET_LEASE_MS_MAX: u64 = 24 * 3_600_000;
+
+/// Default ticket lease: two minutes, several times any provider deadline worth using.
+pub const TICKET_LEASE_MS_DEFAULT: u64 = 120_000;
+
+/// Unknown attempts whose monotonic wait one process tracks. An attempt beyond it is tracked
+/// once there is room; until then "not found" is never trusted for it (safe, only slower).
+pub const UNKNOWN_WAITS_MAX: usize = 1_000_000;
+
+/// Longest wait between two queries of one unknown key: a day.
+pub const BACKOFF_MS_MAX: u64 = 24 * 3_600_000;
+
 /// Keys one list call returns at most.
 pub const LIST_LIMIT_MAX: usize = 10_000;
 
 const _: () = assert!(PROVIDER_REFERENCE_LEN_MAX <= 64);
+const _: () = assert!(VISIBILITY_DELAY_MS_MIN > 0 && NOT_FOUND_ANSWERS_MIN > 0);
+const _: () = assert!(TICKET_LEASE_MS_MIN <= TICKET_LEASE_MS_DEFAULT);
+const _: () = assert!(TICKET_LEASE_MS_DEFAULT <= TICKET_LEASE_MS_MAX);
 const _: () = assert!(ATTEMPTS_MAX < 100, "provider references reserve two digits");
 const _: () =
     assert!(SEGMENT_LEN_DEFAULT > (2 * ATOMIC_RECORDS_MAX * RECORD_PAYLOAD_LEN_MAX) as u64);

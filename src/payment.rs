@@ -30,7 +30,8 @@
 //! The fold never turns `Unknown` into anything by time: only a provider answer, evidence or
 //! an operator does. "Not found" answers make a retry possible only when the policy carried in
 //! the event says the visibility delay has passed since the attempt became unknown (the request
-//! may have left any time before that) and enough consecutive answers agree.
+//! may have left any time before that) and enough consecutive answers agree. The wait is carried
+//! in the answer, measured by the ledger on its monotonic clock, so the fold needs no clock.
 
 use std::fmt;
 
@@ -93,6 +94,10 @@ pub enum Phase {
         not_found_streak: u32,
         /// The provider last said it is processing the request.
         pending: bool,
+        /// The longest monotonic wait recorded with a "not found" answer: what earlier processes
+        /// measured, so a restart resumes the wait instead of starting it over. Only monotonic
+        /// measurements add to it, so no wall-clock step can.
+        waited_ms: u64,
     },
     /// A human must settle the attempt.
     InReview {
@@ -280,6 +285,34 @@ pub struct PaymentState {
     pub attempts_started: u32,
     /// Where the key stands.
     pub phase: Phase,
+    /// The first contradiction found while another attempt was still in doubt: the key is in
+    /// conflict, yet the open attempt stays in its phase (and reconciled) until evidence or an
+    /// operator settles it; then the phase becomes [`Phase::Conflict`].
+    pub conflict: Option<Contradiction>,
+}
+
+/// Evidence that contradicted what the ledger held about an attempt.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Contradiction {
+    /// The attempt the evidence is about.
+    pub attempt: AttemptNumber,
+    /// Where it came from.
+    pub source: EvidenceSource,
+    /// What it says.
+    pub finding: Finding,
+    /// When it was recorded.
+    pub since: UnixMillis,
+}
+
+impl Contradiction {
+    fn into_phase(self) -> Phase {
+        Phase::Conflict {
+            attempt: self.attempt,
+            source: self.source,
+            finding: self.finding,
+            since: self.since,
+        }
+    }
 }
 
 /// Why the fold refused an event.
@@ -459,6 +492,7 @@ impl PaymentState {
             intent: None,
             attempts_started: 0,
             phase: Phase::Vacant,
+            conflict: None,
         }
     }
 
@@ -484,6 +518,11 @@ impl PaymentState {
             return Decision::KeyReused {
                 recorded: intent.fingerprint,
                 requested: *requested,
+            };
+        }
+        if let Some(conflict) = &self.conflict {
+            return Decision::InConflict {
+                attempt: conflict.attempt,
             };
         }
         match &self.phase {
@@ -585,6 +624,16 @@ impl PaymentState {
             (_, Finding::Declined { .. }) => Verdict::Agrees,
         };
         Ok(verdict)
+    }
+
+    /// The attempt still in doubt: in flight, unknown or in review.
+    pub fn open_attempt(&self) -> Option<AttemptNumber> {
+        match &self.phase {
+            Phase::InFlight { attempt, .. }
+            | Phase::Unknown { attempt, .. }
+            | Phase::InReview { attempt, .. } => Some(*attempt),
+            _ => None,
+        }
     }
 
     fn amount_matches(&self, amount: Amount) -> bool {
@@ -718,16 +767,26 @@ pub fn apply(state: &PaymentState, event: &Event) -> Result<PaymentState, Reject
                 finding,
             },
         ) => match state.weigh(*attempt, finding).map_err(reject)? {
-            Verdict::Contradicts => match &state.phase {
-                // The first conflict stays the one reported; later ones are in the history.
-                Phase::Conflict { .. } => state.phase.clone(),
-                _ => Phase::Conflict {
+            Verdict::Contradicts => {
+                let contradiction = Contradiction {
                     attempt: *attempt,
                     source: *source,
                     finding: finding.clone(),
                     since: event.at,
-                },
-            },
+                };
+                match state.open_attempt() {
+                    // The first conflict stays the one reported; later ones are in the history.
+                    _ if matches!(state.phase, Phase::Conflict { .. }) => state.phase.clone(),
+                    // Another attempt may still have charged: it stays open (and reconciled);
+                    // the conflict waits beside it.
+                    Some(open) if open != *attempt => {
+                        let mut next = state.clone();
+                        next.conflict.get_or_insert(contradiction);
+                        return Ok(next);
+                    }
+                    _ => contradiction.into_phase(),
+                }
+            }
             Verdict::Agrees | Verdict::Settles(_) => {
                 return Err(reject(RejectionReason::NotAConflict));
             }
@@ -761,6 +820,13 @@ pub fn apply(state: &PaymentState, event: &Event) -> Result<PaymentState, Reject
     };
     let mut next = state.clone();
     next.phase = phase;
+    if next.open_attempt().is_none()
+        && !matches!(next.phase, Phase::Conflict { .. })
+        && let Some(conflict) = next.conflict.clone()
+    {
+        // The attempt that was still in doubt is settled: the key ends in the conflict.
+        next.phase = conflict.into_phase();
+    }
     Ok(next)
 }
 
@@ -837,6 +903,7 @@ fn report_outcome(
             queries: 0,
             not_found_streak: 0,
             pending: false,
+            waited_ms: 0,
         },
     })
 }
@@ -859,6 +926,7 @@ fn query_answered(
         }),
         QueryAnswer::FoundPending
         | QueryAnswer::NotFound { .. }
+        | QueryAnswer::NotFoundAfterWait { .. }
         | QueryAnswer::QueryFailed { .. } => None,
     };
     if let Some(phase) = definitive {
@@ -872,19 +940,30 @@ fn query_answered(
         queries,
         not_found_streak,
         pending,
+        waited_ms: waited_before,
         ..
     } = &state.phase
     else {
         return Ok(state.phase.clone());
     };
     let queries = queries.saturating_add(1);
+    let mut waited = *waited_before;
     let (not_found_streak, pending) = match answer {
         QueryAnswer::FoundPending => (0, true),
         QueryAnswer::NotFound { policy } => {
+            // Written by older ledgers: the wait is the wall-clock time between events.
             let streak = not_found_streak.saturating_add(1);
-            if not_found_is_trusted(policy, streak, *since, at) {
+            if not_found_is_trusted(policy, streak, at.since(*since)) {
                 return Ok(PaymentState::after_not_charged(attempt));
             }
+            (streak, false)
+        }
+        QueryAnswer::NotFoundAfterWait { policy, waited_ms } => {
+            let streak = not_found_streak.saturating_add(1);
+            if not_found_is_trusted(policy, streak, *waited_ms) {
+                return Ok(PaymentState::after_not_charged(attempt));
+            }
+            waited = waited.max(*waited_ms);
             (streak, false)
         }
         _ => (*not_found_streak, *pending),
@@ -897,25 +976,19 @@ fn query_answered(
         queries,
         not_found_streak,
         pending,
+        waited_ms: waited,
     })
 }
 
 /// "Not found" proves no charge only once the provider has had time to show the request and
 /// enough consecutive answers agree.
 ///
-/// The visibility delay runs from `unknown_since`, the moment the attempt became unknown, not
-/// from when it started: the request may have been sent at any time between the two (a slow
-/// caller, a process that stalled before dying), but never after the attempt became unknown.
-fn not_found_is_trusted(
-    policy: &NotFoundPolicy,
-    streak: u32,
-    unknown_since: UnixMillis,
-    answered_at: UnixMillis,
-) -> bool {
-    let wait_ms = policy
-        .visibility_delay_ms
-        .saturating_add(policy.clock_skew_margin_ms);
-    streak >= policy.consistent_answers_min.max(1) && answered_at.since(unknown_since) >= wait_ms
+/// The visibility delay runs from the moment the attempt became unknown, not from when it
+/// started: the request may have been sent at any time between the two (a slow caller, a
+/// process that stalled before dying), but never after the attempt became unknown. `waited_ms`
+/// is measured by the ledger on its monotonic clock, so no wall-clock step shortens it.
+fn not_found_is_trusted(policy: &NotFoundPolicy, streak: u32, waited_ms: u64) -> bool {
+    streak >= policy.consistent_answers_min().max(1) && waited_ms >= policy.wait_ms()
 }
 
 /// Queries and resolutions are only for the attempt that is unknown or in review.

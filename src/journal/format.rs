@@ -25,7 +25,7 @@
 //! ```
 //! After the last record a segment is zero up to its preallocated length.
 
-use crate::limits::RECORD_PAYLOAD_LEN_MAX;
+use crate::limits::{RECORD_PAYLOAD_LEN_MAX, SEQUENCE_MAX};
 
 /// Identifies a payledger segment file. The `\r\n` catches text-mode mangling.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PLJRNL\r\n";
@@ -107,6 +107,11 @@ impl SegmentHeader {
         let first_sequence = u64_at(bytes, FIRST_SEQUENCE_AT);
         if first_sequence == 0 {
             return Err("first sequence is 0; sequences start at 1".into());
+        }
+        if first_sequence > SEQUENCE_MAX {
+            return Err(format!(
+                "first sequence {first_sequence} exceeds the largest sequence {SEQUENCE_MAX}"
+            ));
         }
         Ok(Self {
             number: u64_at(bytes, SEGMENT_NUMBER_AT),

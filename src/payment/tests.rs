@@ -152,11 +152,7 @@ fn resolved(attempt: u32, resolution: Resolution) -> Event {
 
 fn not_found(policy_delay_ms: u64, answers: u32) -> QueryAnswer {
     QueryAnswer::NotFound {
-        policy: NotFoundPolicy {
-            visibility_delay_ms: policy_delay_ms,
-            clock_skew_margin_ms: 0,
-            consistent_answers_min: answers,
-        },
+        policy: NotFoundPolicy::new(policy_delay_ms, 0, answers).unwrap(),
     }
 }
 
@@ -605,11 +601,7 @@ fn not_found_is_trusted_only_after_the_delay_and_enough_answers() {
 #[test]
 fn clock_skew_margin_extends_the_wait() {
     let answer = QueryAnswer::NotFound {
-        policy: NotFoundPolicy {
-            visibility_delay_ms: 1_000,
-            clock_skew_margin_ms: 500,
-            consistent_answers_min: 1,
-        },
+        policy: NotFoundPolicy::new(1_000, 500, 1).unwrap(),
     };
     let state = PaymentState::fold(key(), &given("unknown")).unwrap();
     let early = apply(&state, &queried(1_400, 1, answer.clone())).unwrap();
@@ -637,7 +629,7 @@ fn failed_queries_count_but_never_settle() {
 fn in_review_ignores_not_found() {
     check(
         given("in review"),
-        queried(1_000_000, 1, not_found(0, 1)),
+        queried(1_000_000, 1, not_found(1_000, 1)),
         Ok(phase_of("in review")),
     );
 }
@@ -646,14 +638,9 @@ fn in_review_ignores_not_found() {
 fn a_charge_for_an_attempt_considered_not_charged_is_a_conflict() {
     let mut events = given("unknown");
     events.push(queried(5_000, 1, not_found(1_000, 1)));
-    events.push(started(2));
+    let ready = events.clone();
     check(
-        events.clone(),
-        evidence(1, charged("tx_lost")),
-        Err(R::ConflictingEvidence),
-    );
-    check(
-        events,
+        ready,
         conflict(1, charged("tx_lost")),
         Ok(Phase::Conflict {
             attempt: n(1),
@@ -662,6 +649,65 @@ fn a_charge_for_an_attempt_considered_not_charged_is_a_conflict() {
             since: UnixMillis(T0 + 40),
         }),
     );
+    events.push(started(2));
+    check(
+        events.clone(),
+        evidence(1, charged("tx_lost")),
+        Err(R::ConflictingEvidence),
+    );
+}
+
+/// Issue 8.7: a conflict about attempt 1 must not hide attempt 2, which may have charged too.
+#[test]
+fn a_conflict_beside_an_open_attempt_keeps_it_open_until_it_settles() {
+    let mut events = given("unknown");
+    events.push(queried(5_000, 1, not_found(1_000, 1)));
+    events.push(started(2));
+    events.push(outcome(
+        2,
+        Outcome::Unknown {
+            reason: UnknownReason::Timeout,
+        },
+    ));
+    let open = PaymentState::fold(key(), &events).unwrap();
+    let state = apply(&open, &conflict(1, charged("tx_lost"))).unwrap();
+    assert!(
+        matches!(state.phase, Phase::Unknown { attempt, .. } if attempt == n(2)),
+        "attempt 2 stays unknown (and reconciled): {:?}",
+        state.phase
+    );
+    let contradiction = Contradiction {
+        attempt: n(1),
+        source: EvidenceSource::Webhook,
+        finding: charged("tx_lost"),
+        since: UnixMillis(T0 + 40),
+    };
+    assert_eq!(state.conflict, Some(contradiction.clone()));
+    assert_eq!(
+        state.decide(&intent().fingerprint()),
+        Decision::InConflict { attempt: n(1) },
+        "the gate sends nobody to the provider"
+    );
+    assert_eq!(state.phase.possibly_charged(), Some(n(2)));
+    // Attempt 2 settles (either way): the key ends in the conflict.
+    for answer in [
+        QueryAnswer::FoundSucceeded {
+            transaction_id: txn("tx_2"),
+            amount: intent().amount,
+        },
+        not_found(1_000, 1),
+    ] {
+        let settled = apply(&state, &queried(9_000, 2, answer)).unwrap();
+        assert_eq!(
+            settled.phase,
+            Phase::Conflict {
+                attempt: n(1),
+                source: EvidenceSource::Webhook,
+                finding: charged("tx_lost"),
+                since: UnixMillis(T0 + 40),
+            }
+        );
+    }
 }
 
 #[test]

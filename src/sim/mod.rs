@@ -22,19 +22,22 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::{Clock, ManualClock};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::event::{EvidenceSource, Finding, NotFoundPolicy};
 use crate::intent::{Intent, Metadata};
 use crate::journal::codec::decode_event;
-use crate::journal::storage::{CrashMode, SimDisk};
+use crate::journal::simdisk::{CrashMode, SimDisk};
 use crate::key::{
     AccountId, Amount, Currency, CustomerRef, IdempotencyKey, ProviderReference, Sequence,
     TransactionId, UnixMillis,
 };
 use crate::ledger::{Begin, Ledger, LedgerConfig, Ticket};
+use crate::limits::VISIBILITY_DELAY_MS_MIN;
 use crate::payment::{PaymentState, Phase, PhaseKind, apply};
-use crate::reconcile::{ChargeReply, ChargeRequest, Provider, ReconcileConfig, Reconciler};
-use provider::{Pending, ProviderState, SimProvider, Truth};
+use crate::policy::ReconcileConfig;
+use crate::provider::{ChargeReply, ChargeRequest, Provider};
+use crate::reconcile::Reconciler;
+use provider::{Pending, ProviderPanic, ProviderState, SimProvider, Truth};
 
 /// How hostile the simulated world is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -86,11 +89,18 @@ pub(crate) struct Rates {
     pub malformed: f64,
     pub slow_reply: f64,
     pub query_outage: f64,
+    /// Per provider call: the client code around the call panics.
+    pub provider_panic: f64,
+    /// Per provider call: the call hangs far beyond the ticket lease.
+    pub hung_call: f64,
     /// Per step.
     pub crash: f64,
     pub disk_fault: f64,
-    pub clock_jump: f64,
+    /// Per step: the wall clock steps, by more than the skew margin, either way.
+    pub wall_step: f64,
     pub double_click: f64,
+    /// Per reopen: an operator first points `index_dir` at the ledger directory.
+    pub misplaced_index: f64,
 }
 
 impl Profile {
@@ -112,15 +122,20 @@ impl Profile {
             malformed: 0.02 * scale,
             slow_reply: 0.05 * scale,
             query_outage: 0.1 * scale,
+            provider_panic: 0.01 * scale,
+            hung_call: 0.01 * scale,
             crash: 0.004 * scale,
             disk_fault: 0.002 * scale,
-            clock_jump: 0.01 * scale,
+            wall_step: 0.01 * scale,
             double_click: 0.1,
+            misplaced_index: 0.1,
         }
     }
 }
 
-/// A deliberately broken behaviour, for testing that the simulator catches it.
+/// A deliberately broken behaviour, for testing that the simulator catches it. Exists only
+/// with the `testing` feature.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Broken {
@@ -148,6 +163,7 @@ pub struct SimConfig {
     /// Write the resulting ledger here (real file system) for inspection.
     pub dir: Option<PathBuf>,
     /// A deliberately broken behaviour (tests only).
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub broken: Option<Broken>,
 }
@@ -161,12 +177,34 @@ impl Default for SimConfig {
             keys: 1_000,
             profile: Profile::Stormy,
             dir: None,
+            #[cfg(feature = "testing")]
             broken: None,
         }
     }
 }
 
+/// The broken behaviours switched on for a run: all off unless the `testing` feature sets one.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sabotage {
+    retry_with_new_key: bool,
+    trust_not_found_at_once: bool,
+    #[cfg(feature = "testing")]
+    forget_unknown_on_replay: bool,
+}
+
 impl SimConfig {
+    fn sabotage(&self) -> Sabotage {
+        #[cfg(feature = "testing")]
+        if let Some(broken) = self.broken {
+            return Sabotage {
+                retry_with_new_key: broken == Broken::RetryWithNewKey,
+                trust_not_found_at_once: broken == Broken::TrustNotFoundAtOnce,
+                forget_unknown_on_replay: broken == Broken::ForgetUnknownOnReplay,
+            };
+        }
+        Sabotage::default()
+    }
+
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         let mut command = format!(
@@ -284,10 +322,19 @@ enum ClientState {
         ticket: Ticket,
         reply: ChargeReply,
     },
+    /// The provider call hangs; its reply arrives at `until` (true time).
+    Hung {
+        order: usize,
+        ticket: Ticket,
+        reply: ChargeReply,
+        until: UnixMillis,
+    },
 }
 
 const LEDGER_DIR: &str = "/sim/ledger";
 const DEADLINE: Duration = Duration::from_secs(10);
+/// Ticket lease in the simulation: a hung call is taken over after a minute.
+const TICKET_LEASE_MS: u64 = 60_000;
 
 struct World {
     config: SimConfig,
@@ -295,9 +342,10 @@ struct World {
     disk: SimDisk,
     index_dir: tempfile::TempDir,
     clock: Arc<ManualClock>,
-    /// True time; the ledger's clock is this plus a drift within the skew margin.
+    /// True time; the ledger's wall clock is this plus `wall_offset_ms`, which steps by more
+    /// than the skew margin either way. Its monotonic clock follows true time.
     now: UnixMillis,
-    drift_ms: i64,
+    wall_offset_ms: i64,
     provider: SimProvider,
     ledger: Option<Ledger>,
     orders: Vec<Order>,
@@ -325,24 +373,13 @@ impl World {
         let index_dir = tempfile::tempdir()
             .map_err(|e| Error::io("creating the simulation's index directory", e))?;
         let now = UnixMillis(1_800_000_000_000);
-        let mut reconcile = ReconcileConfig {
-            not_found: NotFoundPolicy {
-                visibility_delay_ms: 30_000,
-                clock_skew_margin_ms: 4_000,
-                consistent_answers_min: 2,
-            },
-            queries_max: 10,
-            backoff_initial_ms: 1_000,
-            backoff_max_ms: 60_000,
-            batch_max: 50,
+        let not_found = if config.sabotage().trust_not_found_at_once {
+            // As close to "at once" as a valid policy gets: far below the provider's lag.
+            NotFoundPolicy::new(VISIBILITY_DELAY_MS_MIN, 0, 1)?
+        } else {
+            NotFoundPolicy::new(30_000, 4_000, 2)?
         };
-        if config.broken == Some(Broken::TrustNotFoundAtOnce) {
-            reconcile.not_found = NotFoundPolicy {
-                visibility_delay_ms: 0,
-                clock_skew_margin_ms: 0,
-                consistent_answers_min: 1,
-            };
-        }
+        let reconcile = ReconcileConfig::new(not_found, 10, 1_000, 60_000, 50)?;
         let provider = SimProvider(Arc::new(Mutex::new(ProviderState {
             rng: ChaCha8Rng::seed_from_u64(rng.random()),
             now,
@@ -354,6 +391,7 @@ impl World {
             faults: BTreeMap::new(),
             visibility_lag_max_ms: 30_000,
             last_call_ms: 0,
+            hang_ms: None,
         })));
         let orders = (0..config.keys.max(1))
             .map(|i| {
@@ -378,7 +416,7 @@ impl World {
             index_dir,
             clock: Arc::new(ManualClock::new(now)),
             now,
-            drift_ms: 0,
+            wall_offset_ms: 0,
             provider,
             ledger: None,
             orders,
@@ -397,19 +435,51 @@ impl World {
             reconcile: self.reconcile,
             clock: Arc::clone(&self.clock) as Arc<dyn Clock>,
             storage: Arc::new(self.disk.clone()),
-            sabotage_forget_unknown_on_replay: self.config.broken
-                == Some(Broken::ForgetUnknownOnReplay),
+            ticket_lease_ms: TICKET_LEASE_MS,
+            #[cfg(feature = "testing")]
+            sabotage_forget_unknown_on_replay: self.config.sabotage().forget_unknown_on_replay,
             ..LedgerConfig::default()
         }
     }
 
     fn open(&mut self) -> Result<()> {
+        if self
+            .rng
+            .random_bool(self.config.profile.rates().misplaced_index)
+        {
+            self.open_with_misplaced_index();
+        }
         let (ledger, report) = Ledger::open(LEDGER_DIR, self.ledger_config())?;
         if report.journal.torn_tail.is_some() {
             self.report.torn_tails += 1;
         }
         self.ledger = Some(ledger);
         Ok(())
+    }
+
+    /// An operator points `index_dir` at the ledger directory (or its parent): the open must be
+    /// refused before anything is touched.
+    fn open_with_misplaced_index(&mut self) {
+        self.fault("index_dir pointing at the ledger");
+        let ledger_dir = Path::new(LEDGER_DIR);
+        let index_dir = if self.rng.random_bool(0.5) {
+            ledger_dir
+        } else {
+            ledger_dir.parent().unwrap_or(ledger_dir)
+        };
+        let config = LedgerConfig {
+            index_dir: Some(index_dir.to_path_buf()),
+            ..self.ledger_config()
+        };
+        match Ledger::open(LEDGER_DIR, config) {
+            Err(Error::Input(InputError::IndexDir { .. })) => {}
+            Err(other) => self.report.violate(format!(
+                "misplaced index_dir: expected a refusal, got {other}"
+            )),
+            Ok(_) => self
+                .report
+                .violate("a ledger opened with its index in the ledger directory".into()),
+        }
     }
 
     fn count(&mut self, what: &'static str) {
@@ -421,14 +491,22 @@ impl World {
     }
 
     fn ledger(&self) -> Result<&Ledger> {
-        self.ledger.as_ref().ok_or(Error::Poisoned)
+        self.ledger.as_ref().ok_or(Error::SimulationStopped)
     }
 
-    fn set_time(&mut self, now: UnixMillis) {
-        self.now = now;
+    /// `ms` of real time pass: the provider's clock and both of the ledger's clocks move.
+    fn pass_time(&mut self, ms: u64) {
+        self.now = self.now.plus_ms(ms);
+        self.clock.advance(ms);
+        self.provider.state().now = self.now;
+    }
+
+    /// The ledger's wall clock steps to `offset_ms` from true time (NTP, a VM resume); its
+    /// monotonic clock does not move.
+    fn step_wall(&mut self, offset_ms: i64) {
+        self.wall_offset_ms = offset_ms;
         self.clock
-            .set(UnixMillis(now.0.saturating_add_signed(self.drift_ms)));
-        self.provider.state().now = now;
+            .set(UnixMillis(self.now.0.saturating_add_signed(offset_ms)));
     }
 
     /// The process dies: tickets vanish with it, unsynced writes are dropped or torn, and the
@@ -485,14 +563,59 @@ impl World {
                     DEADLINE,
                 );
                 self.count("provider calls");
-                let reply = self.provider.charge(&request);
+                let provider = self.provider.clone();
+                let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    provider.charge(&request)
+                }));
+                let reply = match call {
+                    Ok(reply) => reply,
+                    Err(panic) if panic.is::<ProviderPanic>() => {
+                        // The ticket unwinds with the caller: dropped, never recorded.
+                        drop(ticket);
+                        return Ok(());
+                    }
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
                 // A slow call takes simulated time, during which the world moves on.
-                let took = self.provider.state().last_call_ms;
-                self.set_time(self.now.plus_ms(took));
-                self.clients[c] = ClientState::Replied {
-                    order,
-                    ticket,
-                    reply,
+                let (took, hang) = {
+                    let state = self.provider.state();
+                    (state.last_call_ms, state.hang_ms)
+                };
+                self.pass_time(took);
+                self.clients[c] = match hang {
+                    Some(hang) => ClientState::Hung {
+                        order,
+                        ticket,
+                        reply,
+                        until: self.now.plus_ms(hang),
+                    },
+                    None => ClientState::Replied {
+                        order,
+                        ticket,
+                        reply,
+                    },
+                };
+                Ok(())
+            }
+            ClientState::Hung {
+                order,
+                ticket,
+                reply,
+                until,
+            } => {
+                self.clients[c] = if self.now >= until {
+                    ClientState::Replied {
+                        order,
+                        ticket,
+                        reply,
+                    }
+                } else {
+                    ClientState::Hung {
+                        order,
+                        ticket,
+                        reply,
+                        until,
+                    }
                 };
                 Ok(())
             }
@@ -506,7 +629,7 @@ impl World {
                 let unknown = matches!(outcome, crate::event::Outcome::Unknown { .. });
                 if let Err(e) = self.ledger()?.record(ticket, outcome) {
                     self.ledger_failed(e);
-                } else if unknown && self.config.broken == Some(Broken::RetryWithNewKey) {
+                } else if unknown && self.config.sabotage().retry_with_new_key {
                     self.retry_with_new_key(order)?;
                 }
                 Ok(())
@@ -536,7 +659,7 @@ impl World {
             .keys
             .last()
             .cloned()
-            .ok_or(Error::Poisoned)?;
+            .ok_or(Error::SimulationStopped)?;
         let intent = self.orders[order].intent.clone();
         self.count("begins");
         let first = match self.ledger()?.begin(&key, &intent) {
@@ -571,9 +694,7 @@ impl World {
             | Begin::InReview { .. } => {
                 self.orders[order].done = true;
             }
-            Begin::AwaitingReconciliation { .. }
-                if self.config.broken == Some(Broken::RetryWithNewKey) =>
-            {
+            Begin::AwaitingReconciliation { .. } if self.config.sabotage().retry_with_new_key => {
                 self.retry_with_new_key(order)?;
             }
             Begin::InFlight { .. } | Begin::AwaitingReconciliation { .. } => {}
@@ -593,7 +714,7 @@ impl World {
     fn reconcile(&mut self) -> Result<()> {
         self.count("reconcile passes");
         let reconciler = Reconciler::new(self.ledger()?.clone(), self.provider.clone());
-        match reconciler.run_once(self.clock.now()) {
+        match reconciler.run_once() {
             Ok(report) => self.report.unknowns_resolved += report.resolved as u64,
             Err(e) => self.ledger_failed(e),
         }
@@ -639,7 +760,7 @@ impl World {
     fn step(&mut self) -> Result<()> {
         let rates = self.config.profile.rates();
         let advance = self.rng.random_range(1..400);
-        self.set_time(self.now.plus_ms(advance));
+        self.pass_time(advance);
         if self.restart_needed || self.rng.random_bool(rates.crash) {
             if !self.restart_needed {
                 self.fault("process crash");
@@ -655,14 +776,19 @@ impl World {
                 self.disk.fail_next_syncs(1);
             }
         }
-        if self.rng.random_bool(rates.clock_jump) {
-            self.fault("clock jump");
-            // Drift stays within half the skew margin either way, so that two readings differ by
-            // at most the margin.
-            let half =
-                i64::try_from(self.reconcile.not_found.clock_skew_margin_ms / 2).unwrap_or(0);
-            self.drift_ms = self.rng.random_range(-half..=half);
-            self.set_time(self.now);
+        if self.rng.random_bool(rates.wall_step) {
+            self.fault("wall clock step beyond the skew margin");
+            // Up to ten minutes either way, always more than the skew margin: no safety
+            // decision may depend on the wall clock.
+            let margin = i64::try_from(self.reconcile.not_found().clock_skew_margin_ms())
+                .unwrap_or(i64::MAX);
+            let size = self.rng.random_range(margin + 1..=margin.max(600_000));
+            let offset = if self.rng.random_bool(0.5) {
+                size
+            } else {
+                -size
+            };
+            self.step_wall(offset);
         }
         match self.rng.random_range(0..100) {
             0..80 => {
@@ -681,9 +807,9 @@ impl World {
         if self.restart_needed {
             self.crash()?;
         }
+        self.step_wall(0);
         for round in 0..400 {
-            self.set_time(self.now.plus_ms(20_000));
-            self.drift_ms = 0;
+            self.pass_time(20_000);
             self.deliver_evidence(round > 20)?;
             self.reconcile()?;
             for c in 0..self.clients.len() {

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::event::{NotSentReason, UnknownReason};
 use crate::key::{ProviderReference, UnixMillis};
-use crate::reconcile::{ChargeReply, ChargeRequest, Provider, QueryReply};
+use crate::provider::{ChargeReply, ChargeRequest, Provider, QueryReply};
 
 use super::Profile;
 
@@ -52,7 +52,14 @@ pub(crate) struct ProviderState {
     pub visibility_lag_max_ms: u64,
     /// Time the last charge call took (a slow reply, still within the deadline).
     pub last_call_ms: u64,
+    /// The last charge call hangs: its reply comes this long after the call, far beyond any
+    /// ticket lease.
+    pub hang_ms: Option<u64>,
 }
+
+/// What a simulated provider client "panics" with: unwound without the panic hook, so that a
+/// simulation prints nothing for it.
+pub(crate) struct ProviderPanic;
 
 /// The simulated provider; clones share state.
 #[derive(Clone, Debug)]
@@ -79,6 +86,12 @@ impl Provider for SimProvider {
         let mut s = self.state();
         let p = s.profile.rates();
         s.last_call_ms = 0;
+        s.hang_ms = None;
+        if s.roll(p.provider_panic / 2.0) {
+            s.fault("provider client panicked before sending");
+            drop(s);
+            std::panic::resume_unwind(Box::new(ProviderPanic));
+        }
         if s.roll(p.slow_reply) {
             s.fault("slow reply within the deadline");
             let deadline_ms = u64::try_from(request.deadline.as_millis()).unwrap_or(u64::MAX);
@@ -159,6 +172,16 @@ impl Provider for SimProvider {
                 amount,
                 settlement: false,
             });
+        }
+        if s.roll(p.provider_panic / 2.0) {
+            s.fault("provider client panicked after the charge");
+            drop(s);
+            std::panic::resume_unwind(Box::new(ProviderPanic));
+        }
+        if s.roll(p.hung_call) {
+            s.fault("provider call hung past its lease");
+            let hang = s.rng.random_range(5 * 60_000..30 * 60_000);
+            s.hang_ms = Some(hang);
         }
         if s.roll(p.reply_lost) {
             s.fault("success reply lost");

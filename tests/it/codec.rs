@@ -46,11 +46,7 @@ pub fn every_variant() -> Vec<(&'static str, Event)> {
             .unwrap(),
     };
     let code = DeclineCode::new("card_declined").unwrap();
-    let policy = NotFoundPolicy {
-        visibility_delay_ms: 30_000,
-        clock_skew_margin_ms: 5_000,
-        consistent_answers_min: 3,
-    };
+    let policy = NotFoundPolicy::new(30_000, 5_000, 3).unwrap();
     let outcome = |outcome| {
         event(EventKind::OutcomeReported {
             attempt: a1(),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use payledger::journal::storage::{CrashMode, SimDisk};
+use payledger::journal::simdisk::{CrashMode, SimDisk};
 use payledger::journal::{Journal, JournalConfig};
 use payledger::{Error, Sequence};
 
@@ -190,11 +190,11 @@ fn a_failed_sync_poisons_until_reopen() {
     disk.fail_next_syncs(1);
     assert!(matches!(
         journal.append(vec![payload(2)]),
-        Err(Error::Io { .. })
+        Err(Error::AppendFailed { .. })
     ));
     assert!(matches!(
         journal.append(vec![payload(3)]),
-        Err(Error::Poisoned)
+        Err(Error::Poisoned { .. })
     ));
     drop(journal);
     disk.crash(CrashMode::DropUnsynced);
@@ -217,11 +217,11 @@ fn a_failed_write_poisons_until_reopen() {
     disk.fail_next_writes(1);
     assert!(matches!(
         journal.append(vec![payload(1)]),
-        Err(Error::Io { .. })
+        Err(Error::AppendFailed { .. })
     ));
     assert!(matches!(
         journal.append(vec![payload(2)]),
-        Err(Error::Poisoned)
+        Err(Error::Poisoned { .. })
     ));
     drop(journal);
     let (journal, _) = open_sim(&disk).unwrap();

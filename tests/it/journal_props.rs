@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use payledger::journal::storage::{CrashMode, SimDisk};
+use payledger::journal::simdisk::{CrashMode, SimDisk};
 use payledger::journal::{Journal, JournalConfig};
 use payledger::{Error, Sequence};
 use proptest::prelude::*;
@@ -106,8 +106,8 @@ proptest! {
                             prop_assert!(maybe.is_empty());
                             acked.extend(group);
                         }
-                        Err(Error::Poisoned) => prop_assert!(poisoned),
-                        Err(Error::Io { .. }) => {
+                        Err(Error::Poisoned { .. }) => prop_assert!(poisoned),
+                        Err(Error::AppendFailed { .. }) => {
                             prop_assert!(!poisoned);
                             poisoned = true;
                             maybe.push(group);

@@ -25,7 +25,7 @@ fn reconcile_for(
     let mut total = ReconcileReport::default();
     for _ in 0..passes {
         clock.advance(step_ms);
-        let r = reconciler.run_once(clock.now()).unwrap();
+        let r = reconciler.run_once().unwrap();
         total.examined += r.examined;
         total.resolved += r.resolved;
         total.rescheduled += r.rescheduled;
@@ -138,7 +138,7 @@ fn unreachable_provider_backs_off_and_escalates_to_review_without_retrying() {
         let before = provider
             .query_calls
             .load(std::sync::atomic::Ordering::SeqCst);
-        reconciler.run_once(clock.now()).unwrap();
+        reconciler.run_once().unwrap();
         if provider
             .query_calls
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -511,7 +511,10 @@ fn an_outcome_that_cannot_be_written_leaves_the_key_unknown_not_retryable() {
         amount: Amount::new(900).unwrap(),
     };
     assert!(
-        matches!(ledger.record(ticket, charged), Err(Error::Io { .. })),
+        matches!(
+            ledger.record(ticket, charged),
+            Err(Error::AppendFailed { .. })
+        ),
         "the caller gets the error"
     );
     // The journal is poisoned, but the gate answers from memory: never a new attempt.
@@ -519,8 +522,23 @@ fn an_outcome_that_cannot_be_written_leaves_the_key_unknown_not_retryable() {
         ledger.begin(&k, &intent(900)).unwrap(),
         Begin::AwaitingReconciliation { .. }
     ));
+    // What the queries report agrees with the gate: unknown, not in flight.
+    assert!(
+        matches!(
+            phase(&ledger, &k),
+            Phase::Unknown {
+                reason: UnknownReason::LocalWriteFailed,
+                ..
+            }
+        ),
+        "{:?}",
+        phase(&ledger, &k)
+    );
+    let health = ledger.health().unwrap();
+    assert_eq!((health.unknown, health.in_flight), (1, 0), "{health:?}");
+    assert!(health.oldest_unknown_ms.is_some());
     assert!(matches!(
         ledger.begin(&key("other"), &intent(900)),
-        Err(Error::Poisoned)
+        Err(Error::Poisoned { .. })
     ));
 }

@@ -128,7 +128,7 @@ fn killed_after_attempt_started_before_the_call() {
     let reconciler = Reconciler::new(ledger.clone(), FileProvider(provider.0.clone()));
     for _ in 0..100 {
         clock.advance(5_000);
-        reconciler.run_once(clock.now()).unwrap();
+        reconciler.run_once().unwrap();
     }
     let k = key("order-crash");
     assert!(
@@ -157,7 +157,7 @@ fn killed_after_the_call_before_the_outcome() {
     assert_eq!(provider.charges(), 1);
     let reconciler = Reconciler::new(ledger.clone(), FileProvider(provider.0.clone()));
     clock.advance(5_000);
-    let report = reconciler.run_once(clock.now()).unwrap();
+    let report = reconciler.run_once().unwrap();
     assert_eq!(report.resolved, 1);
     let k = key("order-crash");
     assert!(matches!(

@@ -85,17 +85,14 @@ fn open(disk: &SimDisk, index_dir: &std::path::Path, clock: &Arc<ManualClock>) -
     let config = LedgerConfig {
         segment_len: 8192,
         index_dir: Some(index_dir.to_path_buf()),
-        reconcile: ReconcileConfig {
-            not_found: NotFoundPolicy {
-                visibility_delay_ms: 20_000,
-                clock_skew_margin_ms: 1_000,
-                consistent_answers_min: 2,
-            },
-            queries_max: 5,
-            backoff_initial_ms: 1_000,
-            backoff_max_ms: 8_000,
-            batch_max: 10,
-        },
+        reconcile: ReconcileConfig::new(
+            NotFoundPolicy::new(20_000, 1_000, 2).unwrap(),
+            5,
+            1_000,
+            8_000,
+            10,
+        )
+        .unwrap(),
         clock: Arc::clone(clock) as Arc<dyn Clock>,
         storage: Arc::new(disk.clone()),
         ..LedgerConfig::default()
@@ -154,7 +151,7 @@ proptest! {
                 }
                 Op::Reconcile { advance_ms } => {
                     clock.advance(advance_ms);
-                    let _ = Reconciler::new(ledger.clone(), ModelProvider(Arc::clone(&truth))).run_once(clock.now());
+                    let _ = Reconciler::new(ledger.clone(), ModelProvider(Arc::clone(&truth))).run_once();
                 }
                 Op::Webhook { k } => {
                     let charged: Vec<(String, String)> = truth.lock().unwrap().charged.iter()

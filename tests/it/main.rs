@@ -1,15 +1,17 @@
 //! The one integration-test binary: each module tests one area through the public API.
 
-mod cli;
 mod codec;
 mod crash;
+mod default_build;
 mod fuzz_corpus;
 mod journal;
+mod journal_faults;
 mod journal_props;
 mod ledger;
 mod ledger_crash;
 mod ledger_props;
 mod model;
 mod model_props;
+mod promise;
 mod sim;
 mod support;

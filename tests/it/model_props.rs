@@ -28,11 +28,7 @@ fn txn(i: u8) -> TransactionId {
 }
 
 fn policy(delay: u64, answers: u32) -> NotFoundPolicy {
-    NotFoundPolicy {
-        visibility_delay_ms: delay,
-        clock_skew_margin_ms: 0,
-        consistent_answers_min: answers,
-    }
+    NotFoundPolicy::new(delay, 0, answers).unwrap()
 }
 
 fn finding(charged: bool, tx: u8, amount: u64) -> Finding {
@@ -88,10 +84,10 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
         }),
         (
             attempt.clone(),
-            0u8..5,
+            0u8..6,
             0u8..3,
             amount.clone(),
-            0u64..2_000,
+            1_000u64..3_000,
             1u32..3
         )
             .prop_map(|(a, which, tx, amt, delay, answers)| {
@@ -106,6 +102,10 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
                     2 => QueryAnswer::FoundPending,
                     3 => QueryAnswer::NotFound {
                         policy: policy(delay, answers),
+                    },
+                    4 => QueryAnswer::NotFoundAfterWait {
+                        policy: policy(delay, answers),
+                        waited_ms: delay * u64::from(tx),
                     },
                     _ => QueryAnswer::QueryFailed {
                         reason: UnknownReason::ConnectionLost,
@@ -223,8 +223,9 @@ fn legal_kind(state: &PaymentState, choice: u8, tx: u8) -> EventKind {
             },
             _ => EventKind::ProviderQueried {
                 attempt: *attempt,
-                answer: QueryAnswer::NotFound {
-                    policy: policy(50, 2),
+                answer: QueryAnswer::NotFoundAfterWait {
+                    policy: policy(1_000, 2),
+                    waited_ms: 2_000,
                 },
             },
         },
@@ -279,7 +280,7 @@ impl Books {
                 resolution: Resolution::NotCharged,
                 ..
             } | EventKind::ProviderQueried {
-                answer: QueryAnswer::NotFound { .. },
+                answer: QueryAnswer::NotFound { .. } | QueryAnswer::NotFoundAfterWait { .. },
                 ..
             }
         );

@@ -92,17 +92,14 @@ impl Provider for FakeProvider {
 }
 
 pub fn reconcile_config() -> ReconcileConfig {
-    ReconcileConfig {
-        not_found: NotFoundPolicy {
-            visibility_delay_ms: 60_000,
-            clock_skew_margin_ms: 5_000,
-            consistent_answers_min: 3,
-        },
-        queries_max: 6,
-        backoff_initial_ms: 1_000,
-        backoff_max_ms: 60_000,
-        batch_max: 100,
-    }
+    ReconcileConfig::new(
+        NotFoundPolicy::new(60_000, 5_000, 3).unwrap(),
+        6,
+        1_000,
+        60_000,
+        100,
+    )
+    .unwrap()
 }
 
 pub fn config(clock: &Arc<ManualClock>) -> LedgerConfig {

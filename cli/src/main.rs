@@ -124,7 +124,7 @@ fn main() -> ExitCode {
             keys,
             profile,
             dir,
-            broken: None,
+            ..SimConfig::default()
         }),
         Command::Inspect { dir, key } => inspect(&dir, &key),
         Command::List {

@@ -1,0 +1,336 @@
+//! Group commit: many concurrent appends share one write and one `fdatasync`.
+//!
+//! There is no writer thread. The first appender to find no commit in progress becomes the
+//! leader: it takes every waiting append (whole appends, up to a batch limit), frames them,
+//! writes once, syncs once and hands each caller its sequences. A lone appender thus pays one
+//! write and one sync, with no thread hand-off.
+//!
+//! Invariants:
+//! - an append returns `Ok` only after an `fdatasync` that covers every one of its records;
+//! - a commit starts right after the durable sequence: the records of one leader follow the
+//!   records of the previous one without a gap;
+//! - after a failed write or sync, or a panic inside the storage, the journal is poisoned: the
+//!   failing batch gets [`Error::AppendFailed`], every waiter and every later append
+//!   [`Error::Poisoned`], all with the first cause, and no waiter is left waiting. A failed sync
+//!   is never retried.
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::error::{Error, FatalCause, Result};
+use crate::key::Sequence;
+use crate::limits::{
+    ATOMIC_RECORDS_MAX, COMMIT_BATCH_RECORDS_MAX, COMMIT_QUEUE_LEN_MAX, RECORD_PAYLOAD_LEN_MAX,
+};
+
+use super::format::{
+    ChainHash, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, encode_record,
+};
+use super::segment::{SegmentInfo, create_segment, segment_path};
+use super::storage::StorageFile;
+use super::{Journal, lock};
+
+/// Where the next record goes: the open last segment and the chain head.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    pub file: Box<dyn StorageFile>,
+    pub segment: u64,
+    pub offset: u64,
+    pub next_sequence: u64,
+    pub head: ChainHash,
+}
+
+/// Appends waiting for a leader, and the results leaders hand back.
+#[derive(Debug, Default)]
+pub(crate) struct CommitQueue {
+    waiting: Vec<Request>,
+    leader_active: bool,
+    stopped: Option<FatalCause>,
+    done: HashMap<u64, Result<Appended>>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct Request {
+    id: u64,
+    payloads: Vec<Vec<u8>>,
+}
+
+/// The sequences of one append and the chain hash of its last record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The sequences of its records, in order.
+    pub sequences: RangeInclusive<Sequence>,
+    /// The chain hash of its last record: it commits to every record up to it.
+    pub chain_head: ChainHash,
+}
+
+impl Journal {
+    /// Appends `payloads` atomically (all or none survive a crash) and returns their sequences
+    /// once an `fdatasync` covers them. Concurrent callers share one write and one sync.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] for an empty, oversized or too-long append (nothing is written),
+    /// [`Error::AppendFailed`] if the write or sync covering it failed (it may or may not be on
+    /// disk), [`Error::Poisoned`] if an earlier one failed (nothing of it was written).
+    pub fn append(&self, payloads: Vec<Vec<u8>>) -> Result<RangeInclusive<Sequence>> {
+        self.append_chained(payloads).map(|a| a.sequences)
+    }
+
+    /// [`Journal::append`], also returning the chain hash of the append's last record.
+    ///
+    /// # Errors
+    /// As [`Journal::append`].
+    pub fn append_chained(&self, payloads: Vec<Vec<u8>>) -> Result<Appended> {
+        self.check_append(&payloads)?;
+        let mut queue = lock(&self.queue);
+        while queue.stopped.is_none() && queue.waiting.len() >= COMMIT_QUEUE_LEN_MAX {
+            queue = self
+                .queue_changed
+                .wait(queue)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        if let Some(cause) = &queue.stopped {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        let id = queue.next_id;
+        queue.next_id += 1;
+        queue.waiting.push(Request { id, payloads });
+        loop {
+            if let Some(result) = queue.done.remove(&id) {
+                return result;
+            }
+            if !queue.leader_active {
+                queue.leader_active = true;
+                let batch = take_batch(&mut queue.waiting);
+                drop(queue);
+                let outcome = catch_unwind(AssertUnwindSafe(|| self.commit(&batch)))
+                    .unwrap_or_else(|panic| Err(panicked(&*panic)));
+                queue = lock(&self.queue);
+                queue.leader_active = false;
+                match outcome {
+                    Ok(appended) => {
+                        for (request, appended) in batch.iter().zip(appended) {
+                            queue.done.insert(request.id, Ok(appended));
+                        }
+                    }
+                    Err(cause) => self.stop(&mut queue, &batch, cause),
+                }
+                self.queue_changed.notify_all();
+                continue;
+            }
+            queue = self
+                .queue_changed
+                .wait(queue)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Poisons the journal with `cause` and answers the failed batch (whose records may or may
+    /// not be on disk) and every waiter (none of whose records were written).
+    fn stop(&self, queue: &mut CommitQueue, batch: &[Request], cause: FatalCause) {
+        tracing::error!(error = %cause, source = %cause.io_error(), dir = %self.dir.display(), "journal write or sync failed; journal stopped");
+        let cause = queue.stopped.get_or_insert(cause).clone();
+        for request in batch {
+            let failed = Error::AppendFailed {
+                cause: cause.clone(),
+            };
+            queue.done.insert(request.id, Err(failed));
+        }
+        for request in std::mem::take(&mut queue.waiting) {
+            let poisoned = Error::Poisoned {
+                cause: cause.clone(),
+            };
+            queue.done.insert(request.id, Err(poisoned));
+        }
+    }
+
+    /// The first failure that stopped the journal, if one did.
+    pub fn stopped(&self) -> Option<FatalCause> {
+        lock(&self.queue).stopped.clone()
+    }
+
+    fn check_append(&self, payloads: &[Vec<u8>]) -> Result<()> {
+        if payloads.is_empty() || payloads.len() > ATOMIC_RECORDS_MAX {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "{} records in one append, 1 to {ATOMIC_RECORDS_MAX} allowed",
+                    payloads.len()
+                ),
+            });
+        }
+        let mut bytes = SEGMENT_HEADER_LEN as u64;
+        for payload in payloads {
+            if payload.is_empty() || payload.len() > RECORD_PAYLOAD_LEN_MAX {
+                return Err(Error::TooLarge {
+                    what: format!(
+                        "payload of {} bytes, 1 to {RECORD_PAYLOAD_LEN_MAX} allowed",
+                        payload.len()
+                    ),
+                });
+            }
+            bytes += (RECORD_HEADER_LEN + payload.len()) as u64;
+        }
+        if bytes > self.config.segment_len {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "append of {bytes} bytes does not fit a {}-byte segment",
+                    self.config.segment_len
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Frames, writes and syncs one batch; the leader runs this without the queue lock.
+    fn commit(&self, batch: &[Request]) -> Result<Vec<Appended>, FatalCause> {
+        let mut writer = lock(&self.writer);
+        let writer = &mut *writer;
+        assert_eq!(
+            writer.next_sequence,
+            self.durable_sequence.load(Ordering::Acquire) + 1,
+            "a commit starts right after the durable sequence"
+        );
+        let mut buf = Vec::new();
+        let mut appended = Vec::with_capacity(batch.len());
+        let mut records = 0u64;
+        for request in batch {
+            let need: u64 = request
+                .payloads
+                .iter()
+                .map(|p| (RECORD_HEADER_LEN + p.len()) as u64)
+                .sum();
+            if writer.offset + buf.len() as u64 + need > self.config.segment_len {
+                // Batches never span segments, and a segment is synced before its successor
+                // exists, so a torn tail can only be in the last segment.
+                self.write_and_sync(writer, &mut buf)?;
+                self.roll_over(writer)?;
+            }
+            let first = writer.next_sequence;
+            let count = request.payloads.len();
+            for (i, payload) in request.payloads.iter().enumerate() {
+                let batch_left = u32::try_from(count - 1 - i).unwrap_or(u32::MAX);
+                writer.head = encode_record(
+                    &mut buf,
+                    &writer.head,
+                    writer.next_sequence,
+                    batch_left,
+                    payload,
+                );
+                writer.next_sequence += 1;
+            }
+            records += count as u64;
+            appended.push(Appended {
+                sequences: Sequence(first)..=Sequence(writer.next_sequence - 1),
+                chain_head: writer.head,
+            });
+        }
+        assert_eq!(appended.len(), batch.len(), "one answer per append");
+        self.write_and_sync(writer, &mut buf)?;
+        let mut stats = lock(&self.stats);
+        stats.records += records;
+        stats.commits += 1;
+        Ok(appended)
+    }
+
+    fn write_and_sync(&self, writer: &mut Writer, buf: &mut Vec<u8>) -> Result<(), FatalCause> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let path = segment_path(&self.dir, writer.segment);
+        writer.file.write_all_at(buf, writer.offset).map_err(|e| {
+            FatalCause::new(
+                format!(
+                    "writing {} bytes to {} at offset {}",
+                    buf.len(),
+                    path.display(),
+                    writer.offset
+                ),
+                e,
+            )
+        })?;
+        writer.offset += buf.len() as u64;
+        buf.clear();
+        let started = Instant::now();
+        writer
+            .file
+            .sync_data()
+            .map_err(|e| FatalCause::new(format!("fdatasync of {}", path.display()), e))?;
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.durable_sequence
+            .store(writer.next_sequence - 1, Ordering::Release);
+        let mut stats = lock(&self.stats);
+        stats.sync_last_us = us;
+        stats.sync_max_us = stats.sync_max_us.max(us);
+        stats.sync_total_us += us;
+        Ok(())
+    }
+
+    fn roll_over(&self, writer: &mut Writer) -> Result<(), FatalCause> {
+        let number = writer.segment + 1;
+        let header = SegmentHeader {
+            number,
+            first_sequence: writer.next_sequence,
+            previous_hash: writer.head,
+        };
+        let file = create_segment(&*self.storage, &self.dir, &self.config, header).map_err(
+            |e| match e {
+                Error::Io { context, source } => FatalCause::new(context, source),
+                other => FatalCause::new(
+                    format!("creating segment {number}"),
+                    std::io::Error::other(other.to_string()),
+                ),
+            },
+        )?;
+        self.segments
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(SegmentInfo {
+                number,
+                first_sequence: writer.next_sequence,
+                path: segment_path(&self.dir, number),
+            });
+        *writer = Writer {
+            file,
+            segment: number,
+            offset: SEGMENT_HEADER_LEN as u64,
+            next_sequence: writer.next_sequence,
+            head: writer.head,
+        };
+        tracing::debug!(segment = number, "journal segment rolled over");
+        Ok(())
+    }
+}
+
+/// The cause for a panic inside a commit (a bug in a user-supplied storage, say).
+fn panicked(panic: &(dyn std::any::Any + Send)) -> FatalCause {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    FatalCause::new(
+        "group commit panicked",
+        std::io::Error::other(format!("panic: {message}")),
+    )
+}
+
+/// Takes whole requests from the front of the queue, up to the batch record limit (at least
+/// one request).
+fn take_batch(waiting: &mut Vec<Request>) -> Vec<Request> {
+    let mut records = 0;
+    let mut count = 0;
+    for request in waiting.iter() {
+        if count > 0 && records + request.payloads.len() > COMMIT_BATCH_RECORDS_MAX {
+            break;
+        }
+        records += request.payloads.len();
+        count += 1;
+    }
+    waiting.drain(..count).collect()
+}

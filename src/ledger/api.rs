@@ -1,0 +1,309 @@
+//! The caller's operations: `begin` (the gate), `record`, `charge_once`, `record_evidence` and
+//! `resolve`.
+//!
+//! Invariants:
+//! - `begin` hands out a ticket only after its `AttemptStarted` is durable;
+//! - an outcome that arrives after the key was settled otherwise (a webhook first, a lease that
+//!   expired) is recorded as evidence, and a contradiction becomes an explicit conflict;
+//! - an outcome that cannot be written leaves the key unknown in this process, never retryable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::event::{
+    EventKind, EvidenceSource, Finding, Outcome, Resolution, UnknownReason, check_range,
+};
+use crate::gate::Admission;
+use crate::index::IndexEntry;
+use crate::intent::Intent;
+use crate::key::{AttemptNumber, IdempotencyKey, Note, Operator, ProviderReference};
+use crate::payment::{PaymentState, Phase, Rejection, Verdict};
+use crate::provider::{ChargeRequest, Provider};
+
+use super::replies::{Begin, ChargeReport, EvidenceOutcome, begin_name};
+use super::{Ledger, Ticket, elapsed_us};
+
+impl Ledger {
+    /// The gate: what to do with a request for `key` carrying `intent`. On
+    /// [`Begin::Attempt`], the intent (for a new key) and the attempt are durable and the
+    /// caller may call the provider once with the ticket's reference.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`], [`Error::IndexFailed`], journal errors. A reused key or a key
+    /// awaiting reconciliation is not an error but a [`Begin`] variant.
+    pub fn begin(&self, key: &IdempotencyKey, intent: &Intent) -> Result<Begin> {
+        let span = tracing::info_span!("begin", key = %key, attempt = tracing::field::Empty, provider_reference = tracing::field::Empty);
+        let _enter = span.enter();
+        let started = Instant::now();
+        self.writable()?;
+        let admission =
+            self.inner
+                .gate
+                .admit(self, key, intent, self.now(), self.monotonic_now())?;
+        let begin = match admission {
+            Admission::Attempt {
+                attempt,
+                provider_reference,
+            } => {
+                span.record("attempt", attempt.get());
+                span.record("provider_reference", provider_reference.as_str());
+                Begin::Attempt(Ticket {
+                    key: key.clone(),
+                    attempt,
+                    provider_reference,
+                    ledger: Arc::downgrade(&self.inner),
+                    lease_ms: self.inner.config.ticket_lease_ms,
+                    recorded: false,
+                })
+            }
+            Admission::Orphaned { attempt } => Begin::AwaitingReconciliation { attempt },
+            Admission::Decided(decision) => Begin::from_decision(decision),
+        };
+        tracing::debug!(decision = ?begin_name(&begin), duration_us = elapsed_us(started), "begin");
+        Ok(begin)
+    }
+
+    /// Records the outcome of a ticket's provider call. If evidence settled the key meanwhile
+    /// (a webhook arrived first), the outcome is recorded as evidence instead, and a
+    /// contradiction becomes a conflict.
+    ///
+    /// # Errors
+    /// Journal or index errors: the key is then treated as unknown in this process (never as
+    /// retryable) and the error is returned. [`Error::StaleTicket`] for a ticket of another
+    /// ledger.
+    pub fn record(&self, mut ticket: Ticket, outcome: Outcome) -> Result<PaymentState> {
+        let span = tracing::info_span!("record", key = %ticket.key, attempt = ticket.attempt.get(), provider_reference = %ticket.provider_reference);
+        let _enter = span.enter();
+        let started = Instant::now();
+        if !std::ptr::eq(ticket.ledger.as_ptr(), Arc::as_ptr(&self.inner)) {
+            return Err(Error::StaleTicket {
+                key: ticket.key.to_string(),
+                attempt: ticket.attempt.get(),
+            });
+        }
+        ticket.recorded = true;
+        let key = ticket.key.clone();
+        let attempt = ticket.attempt;
+        let _guard = self.lock_key(&key);
+        self.inner.gate.release(&key, attempt);
+        let result = self.record_locked(&key, attempt, outcome);
+        match &result {
+            Ok(state) => tracing::info!(
+                phase = state.phase.name(),
+                duration_us = elapsed_us(started),
+                "outcome recorded"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "outcome could not be recorded; key treated as unknown");
+                self.inner.gate.mark_unwritten(&key, self.now());
+            }
+        }
+        result
+    }
+
+    fn record_locked(
+        &self,
+        key: &IdempotencyKey,
+        attempt: AttemptNumber,
+        outcome: Outcome,
+    ) -> Result<PaymentState> {
+        let entry = self.inner.index.get(key)?;
+        let state = entry
+            .as_ref()
+            .map_or_else(|| PaymentState::new(key.clone()), |e| e.state.clone());
+        if matches!(state.phase, Phase::InFlight { attempt: a, .. } if a == attempt) {
+            let event = self.event(key, EventKind::OutcomeReported { attempt, outcome });
+            return Ok(self.commit(key, entry.as_ref(), vec![event])?.state);
+        }
+        // Settled meanwhile: what the reply says is evidence.
+        let finding = match outcome {
+            Outcome::Succeeded {
+                transaction_id,
+                amount,
+            } => Finding::Charged {
+                transaction_id,
+                amount,
+            },
+            Outcome::Declined { code } => Finding::Declined { code },
+            Outcome::NotSent { .. } | Outcome::Unknown { .. } => return Ok(state),
+        };
+        self.record_finding(
+            key,
+            entry.as_ref(),
+            &state,
+            attempt,
+            EvidenceSource::Reply,
+            finding,
+        )
+        .map(|(state, _)| state)
+    }
+
+    fn record_finding(
+        &self,
+        key: &IdempotencyKey,
+        entry: Option<&IndexEntry>,
+        state: &PaymentState,
+        attempt: AttemptNumber,
+        source: EvidenceSource,
+        finding: Finding,
+    ) -> Result<(PaymentState, EvidenceOutcome)> {
+        let verdict = state.weigh(attempt, &finding).map_err(|reason| Rejection {
+            phase: state.phase.name(),
+            event: "evidence received",
+            reason,
+        })?;
+        let (kind, outcome) = match verdict {
+            Verdict::Contradicts => {
+                tracing::error!(key = %key, attempt = attempt.get(), ?source, ?finding, "conflicting evidence: possible double charge");
+                (
+                    EventKind::ConflictDetected {
+                        attempt,
+                        source,
+                        finding,
+                    },
+                    EvidenceOutcome::Conflict,
+                )
+            }
+            Verdict::Agrees => (
+                EventKind::EvidenceReceived {
+                    attempt,
+                    source,
+                    finding,
+                },
+                EvidenceOutcome::Confirmed,
+            ),
+            Verdict::Settles(_) => (
+                EventKind::EvidenceReceived {
+                    attempt,
+                    source,
+                    finding,
+                },
+                EvidenceOutcome::Settled(Phase::Vacant),
+            ),
+        };
+        let after = self.commit(key, entry, vec![self.event(key, kind)])?;
+        let outcome = match outcome {
+            // Report where the key really stands: a settled attempt beside a recorded
+            // contradiction ends the key in conflict.
+            EvidenceOutcome::Settled(_) => EvidenceOutcome::Settled(after.state.phase.clone()),
+            other => other,
+        };
+        Ok((after.state, outcome))
+    }
+
+    /// begin → charge → record, with the provider call bounded by `deadline`: a reply after
+    /// the deadline is recorded as a timeout (unknown), whatever it said. The provider must give
+    /// up by the deadline; if it hangs instead, the ticket's lease expires and the reconciler
+    /// takes the attempt over (the late reply is then recorded as evidence).
+    ///
+    /// # Errors
+    /// [`Error::Input`] if `deadline` is not shorter than the ticket lease; otherwise as
+    /// [`Ledger::begin`] and [`Ledger::record`].
+    pub fn charge_once(
+        &self,
+        key: &IdempotencyKey,
+        intent: &Intent,
+        provider: &dyn Provider,
+        deadline: Duration,
+    ) -> Result<ChargeReport> {
+        let lease_ms = self.inner.config.ticket_lease_ms;
+        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        check_range("deadline_ms", deadline_ms, 1, lease_ms - 1)?;
+        let fingerprint = intent.fingerprint();
+        let ticket = match self.begin(key, intent)? {
+            Begin::Attempt(ticket) => ticket,
+            other => {
+                return Ok(ChargeReport {
+                    called_provider: false,
+                    outcome: None,
+                    decision: other.decision(),
+                });
+            }
+        };
+        let request = ChargeRequest::new(
+            intent,
+            ticket.attempt,
+            ticket.provider_reference.clone(),
+            deadline,
+        );
+        let started = Instant::now();
+        let reply = provider.charge(&request);
+        let outcome = if started.elapsed() > deadline {
+            Outcome::Unknown {
+                reason: UnknownReason::Timeout,
+            }
+        } else {
+            reply.classify()
+        };
+        let state = self.record(ticket, outcome.clone())?;
+        Ok(ChargeReport {
+            called_provider: true,
+            outcome: Some(outcome),
+            decision: state.decide(&fingerprint),
+        })
+    }
+
+    /// Records a webhook or settlement line about the attempt sent with `reference`.
+    ///
+    /// # Errors
+    /// Journal or index errors; [`Error::Rejected`] for evidence about an attempt that never
+    /// started.
+    pub fn record_evidence(
+        &self,
+        reference: &ProviderReference,
+        source: EvidenceSource,
+        finding: Finding,
+    ) -> Result<EvidenceOutcome> {
+        let span = tracing::info_span!("evidence", provider_reference = %reference, ?source);
+        let _enter = span.enter();
+        self.writable()?;
+        let (Some(key), Some(attempt)) = (
+            self.inner.index.key_for_reference(reference)?,
+            reference.attempt(),
+        ) else {
+            tracing::warn!("evidence for a reference this ledger never issued");
+            return Ok(EvidenceOutcome::UnknownReference);
+        };
+        let _guard = self.lock_key(&key);
+        let entry = self.inner.index.get(&key)?;
+        let Some(state) = entry.as_ref().map(|e| e.state.clone()) else {
+            return Ok(EvidenceOutcome::UnknownReference);
+        };
+        let (_, outcome) =
+            self.record_finding(&key, entry.as_ref(), &state, attempt, source, finding)?;
+        Ok(outcome)
+    }
+
+    /// An operator settles an unknown or in-review attempt.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] if the key is not awaiting reconciliation on that attempt or the
+    /// resolution's amount differs from the intent's; journal or index errors.
+    pub fn resolve(
+        &self,
+        key: &IdempotencyKey,
+        attempt: AttemptNumber,
+        resolution: Resolution,
+        operator: Operator,
+        note: Note,
+    ) -> Result<PaymentState> {
+        let span = tracing::info_span!("resolve", key = %key, attempt = attempt.get(), operator = %operator);
+        let _enter = span.enter();
+        let _guard = self.lock_key(key);
+        let entry = self.inner.index.get(key)?;
+        let event = self.event(
+            key,
+            EventKind::ResolvedByOperator {
+                attempt,
+                resolution,
+                operator,
+                note,
+            },
+        );
+        let after = self.commit(key, entry.as_ref(), vec![event])?;
+        self.inner.gate.clear_unwritten(key);
+        tracing::info!(phase = after.state.phase.name(), "resolved by operator");
+        Ok(after.state)
+    }
+}

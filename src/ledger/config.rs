@@ -1,0 +1,76 @@
+//! How a ledger is opened.
+//!
+//! Invariant: a ledger opens only with a configuration whose every value is within its limit
+//! (`limits.rs`); the reconciliation policy checks itself on construction.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::InputError;
+use crate::event::check_range;
+use crate::journal::storage::{FsStorage, Storage};
+use crate::limits::{
+    SEGMENT_LEN_DEFAULT, TICKET_LEASE_MS_DEFAULT, TICKET_LEASE_MS_MAX, TICKET_LEASE_MS_MIN,
+};
+use crate::policy::ReconcileConfig;
+
+/// How a ledger is opened.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// Journal segment size.
+    pub segment_len: u64,
+    /// Create the ledger if the directory holds none.
+    pub create_if_missing: bool,
+    /// Open for inspection only: no event is appended (not even for attempts orphaned by a
+    /// previous process); the index may still be caught up.
+    pub read_only: bool,
+    /// Where the sled index lives; `None` means `<dir>/index`. It is always on the real file
+    /// system, and may not be the ledger directory, one of its ancestors, or hold segments.
+    pub index_dir: Option<PathBuf>,
+    /// Reconciler behaviour (its schedule is part of the index).
+    pub reconcile: ReconcileConfig,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Where the journal's bytes go.
+    pub storage: Arc<dyn Storage>,
+    /// How long a ticket's provider call may take before the reconciler takes the attempt over
+    /// (it becomes unknown and is queried); a late `record` then enters as evidence. Measured on
+    /// the monotonic clock, from [`TICKET_LEASE_MS_MIN`] to [`TICKET_LEASE_MS_MAX`].
+    pub ticket_lease_ms: u64,
+    /// Test-only sabotage for the simulator's self-test: reopening marks orphaned attempts
+    /// "not sent" instead of unknown, the bug the simulator must catch. Exists only with the
+    /// `testing` feature.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub sabotage_forget_unknown_on_replay: bool,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            segment_len: SEGMENT_LEN_DEFAULT,
+            create_if_missing: true,
+            read_only: false,
+            index_dir: None,
+            reconcile: ReconcileConfig::default(),
+            clock: Arc::new(SystemClock),
+            storage: Arc::new(FsStorage),
+            ticket_lease_ms: TICKET_LEASE_MS_DEFAULT,
+            #[cfg(feature = "testing")]
+            sabotage_forget_unknown_on_replay: false,
+        }
+    }
+}
+
+impl LedgerConfig {
+    /// Checks the values the journal does not check itself.
+    pub(crate) fn validate(&self) -> Result<(), InputError> {
+        check_range(
+            "ticket_lease_ms",
+            self.ticket_lease_ms,
+            TICKET_LEASE_MS_MIN,
+            TICKET_LEASE_MS_MAX,
+        )
+    }
+}

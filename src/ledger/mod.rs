@@ -1,0 +1,156 @@
+//! `Ledger`: the gate, the single writer of events, joining the fold, the journal and the index.
+//!
+//! Invariants:
+//! - every event passes the fold before it is appended, and the index is updated only after the
+//!   journal sync; requests for one key are serialised by a per-key lock, so two simultaneous
+//!   `begin` calls for a key yield exactly one attempt;
+//! - an attempt's `AttemptStarted` event is durable before its ticket exists, so before any
+//!   provider call;
+//! - an attempt with no outcome never looks retryable: a dropped ticket, a process that ended, a
+//!   ticket whose lease expired, or an outcome that could not be written all leave the key
+//!   unknown for the reconciler;
+//! - every event is stamped by the ledger's own clock; waits that protect money are measured on
+//!   its monotonic clock, in this process;
+//! - an index failure stops the ledger (the index could be stale, and a stale state could allow
+//!   a second attempt); reopening catches the index up from the journal.
+//!
+//! Files: `config.rs` (how it is opened), `open.rs` (recovery of journal and index),
+//! `write.rs` (the single write path), `api.rs` (begin, record, charge_once, evidence,
+//! resolve), `reconciliation.rs` (the narrow interface the reconciler uses), `query.rs`
+//! (state, history, lists, health), `ticket.rs`, `replies.rs` (the answer types).
+//!
+//! ```
+//! use payledger::*;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let (ledger, _report) = Ledger::open(dir.path(), LedgerConfig::default())?;
+//! let key = IdempotencyKey::new("order-9/pay")?;
+//! let intent = Intent {
+//!     amount: Amount::new(1_250)?,
+//!     currency: Currency::new("EUR")?,
+//!     account: AccountId::new("acct_1")?,
+//!     customer: CustomerRef::new("cus_1")?,
+//!     description: None,
+//!     metadata: Metadata::default(),
+//! };
+//! match ledger.begin(&key, &intent)? {
+//!     Begin::Attempt(ticket) => {
+//!         // Send ticket.provider_reference() to the provider as its idempotency key, then:
+//!         let outcome = Outcome::Succeeded {
+//!             transaction_id: TransactionId::new("ch_1")?,
+//!             amount: intent.amount,
+//!         };
+//!         ledger.record(ticket, outcome)?;
+//!     }
+//!     other => panic!("a new key starts an attempt, got {other:?}"),
+//! }
+//! // The client retries: the stored result is replayed, nothing is sent.
+//! assert!(matches!(ledger.begin(&key, &intent)?, Begin::AlreadySucceeded { .. }));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod api;
+mod config;
+mod open;
+mod query;
+mod reconciliation;
+mod replies;
+mod ticket;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::clock::MonotonicMillis;
+use crate::error::{Error, Result};
+use crate::event::{Event, EventKind};
+use crate::gate::KeyGate;
+use crate::index::Index;
+use crate::journal::Journal;
+use crate::key::{AttemptNumber, IdempotencyKey, UnixMillis};
+
+pub use config::LedgerConfig;
+pub use replies::{
+    Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry, IndexRecovery, OpenReport,
+};
+pub use ticket::Ticket;
+use write::Watermark;
+
+#[derive(Debug)]
+struct Inner {
+    journal: Journal,
+    index: Index,
+    config: LedgerConfig,
+    gate: KeyGate,
+    watermark: Mutex<Watermark>,
+    index_failed: AtomicBool,
+    /// Since when this process has waited for each unknown attempt, on the monotonic clock.
+    unknown_since: Mutex<HashMap<IdempotencyKey, UnknownWait>>,
+    /// Where the reconciler's scan of in-flight keys resumes, so every key gets its turn.
+    in_flight_cursor: Mutex<Option<IdempotencyKey>>,
+}
+
+/// How long the ledger has waited for one unknown attempt: what earlier processes recorded,
+/// plus the monotonic time since this process started watching it.
+#[derive(Clone, Copy, Debug)]
+struct UnknownWait {
+    attempt: AttemptNumber,
+    /// The wait recorded before this process started watching.
+    before_ms: u64,
+    /// When this process started watching, on its monotonic clock.
+    since: MonotonicMillis,
+}
+
+/// An open ledger. Clones share it; it is `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each critical section here leaves its data consistent before anything can panic.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn elapsed_us(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Ledger {
+    /// The ledger's wall clock: every event is stamped with it.
+    fn now(&self) -> UnixMillis {
+        self.inner.config.clock.now()
+    }
+
+    /// The ledger's monotonic clock: every wait that protects money is measured on it.
+    pub(crate) fn monotonic_now(&self) -> MonotonicMillis {
+        self.inner.config.clock.monotonic()
+    }
+
+    /// An event about `key`, stamped now.
+    fn event(&self, key: &IdempotencyKey, kind: EventKind) -> Event {
+        Event {
+            key: key.clone(),
+            at: self.now(),
+            kind,
+        }
+    }
+
+    fn lock_key(&self, key: &IdempotencyKey) -> crate::sync::MutexGuard<'_, ()> {
+        self.inner.gate.lock(key)
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.inner.config.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self.inner.index_failed.load(Ordering::Acquire) {
+            return Err(Error::IndexFailed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,295 @@
+//! Opening a ledger: the journal first (it is the truth), then the index, which must be this
+//! journal's and no further than it, then the attempts a previous process left in flight.
+//!
+//! Invariants:
+//! - an index directory that could hold the journal (the ledger directory, an ancestor of it,
+//!   or a directory with segments) is refused before anything is opened there, and only sled's
+//!   own files are ever deleted from an index directory;
+//! - an index whose watermark is beyond the journal's end is an error naming both positions,
+//!   never a silent rebuild: it proves acknowledged records are missing, or that the index is
+//!   not this journal's;
+//! - an index whose chain hash at its watermark differs from the journal's belongs to another
+//!   journal and is rebuilt, with the reason reported;
+//! - attempts in flight when the previous process ended become unknown before anyone is served.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::error::{Error, InputError, Result};
+use crate::event::{EventKind, Outcome, UnknownReason};
+use crate::gate::KeyGate;
+use crate::index::{Index, IndexEntry, IndexWatermark};
+use crate::journal::codec::decode_event;
+use crate::journal::{Journal, JournalConfig};
+use crate::key::{IdempotencyKey, Sequence};
+use crate::limits::LIST_LIMIT_MAX;
+use crate::payment::{PaymentState, Phase, PhaseKind, apply};
+
+use super::replies::{IndexRecovery, OpenReport};
+use super::write::{Watermark, started_reference};
+use super::{Inner, Ledger, LedgerConfig, elapsed_us, lock};
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `dir`: opens the journal (recovering a torn tail), opens
+    /// the index (rebuilding it if missing, unreadable or another journal's, else catching it
+    /// up from its watermark), and marks attempts orphaned by a previous process unknown.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for a bad configuration (including an index directory that overlaps the
+    /// journal), [`Error::Locked`], [`Error::NotFound`], [`Error::Corrupt`],
+    /// [`Error::Inconsistent`], [`Error::IndexAhead`], [`Error::Index`], [`Error::Io`].
+    pub fn open(dir: impl AsRef<Path>, config: LedgerConfig) -> Result<(Self, OpenReport)> {
+        let dir = dir.as_ref();
+        let span = tracing::info_span!("open", dir = %dir.display());
+        let _enter = span.enter();
+        let started = Instant::now();
+        config.validate()?;
+        let index_dir = config
+            .index_dir
+            .clone()
+            .unwrap_or_else(|| dir.join("index"));
+        check_index_dir(dir, &index_dir)?;
+        let (journal, journal_report) = Journal::open_on(
+            Arc::clone(&config.storage),
+            dir,
+            JournalConfig {
+                segment_len: config.segment_len,
+                create_if_missing: config.create_if_missing,
+            },
+        )?;
+        let (index, rebuild_reason) = open_index(&index_dir, &journal)?;
+        let inner = Arc::new(Inner {
+            journal,
+            index,
+            config,
+            gate: KeyGate::new(),
+            watermark: Mutex::new(Watermark::default()),
+            index_failed: AtomicBool::new(false),
+            unknown_since: Mutex::new(HashMap::new()),
+            in_flight_cursor: Mutex::new(None),
+        });
+        let ledger = Ledger { inner };
+        let (from, replayed) = ledger.catch_up_index()?;
+        let index_report = match rebuild_reason {
+            Some(reason) => {
+                tracing::warn!(%reason, events = replayed, "index rebuilt from the journal");
+                IndexRecovery::Rebuilt {
+                    reason,
+                    events: replayed,
+                }
+            }
+            None => IndexRecovery::CaughtUp {
+                from: Sequence(from),
+                to: ledger.inner.journal.last_sequence(),
+            },
+        };
+        let orphaned_attempts = if ledger.inner.config.read_only {
+            0
+        } else {
+            ledger.settle_orphans()?
+        };
+        tracing::info!(
+            orphaned_attempts,
+            duration_us = elapsed_us(started),
+            "ledger opened"
+        );
+        Ok((
+            ledger,
+            OpenReport {
+                journal: journal_report,
+                index: index_report,
+                orphaned_attempts,
+            },
+        ))
+    }
+
+    /// Replays journal records the index does not reflect yet; returns the first sequence
+    /// replayed and how many events were applied.
+    fn catch_up_index(&self) -> Result<(u64, u64)> {
+        let inner = &self.inner;
+        let mut watermark = inner.index.watermark()?;
+        let from = watermark.sequence + 1;
+        let mut applied = 0;
+        for record in inner.journal.read_from(Sequence(from)) {
+            let record = record?;
+            let event = decode_event(&record.payload).map_err(|e| Error::Inconsistent {
+                sequence: record.sequence.0,
+                what: e.to_string(),
+            })?;
+            watermark = IndexWatermark {
+                sequence: record.sequence.0,
+                chain_hash: record.hash,
+            };
+            let before = inner.index.get(&event.key)?;
+            if before
+                .as_ref()
+                .is_some_and(|b| b.last_sequence >= record.sequence.0)
+            {
+                continue;
+            }
+            let state = before
+                .as_ref()
+                .map_or_else(|| PaymentState::new(event.key.clone()), |b| b.state.clone());
+            let state = apply(&state, &event).map_err(|r| Error::Inconsistent {
+                sequence: record.sequence.0,
+                what: r.to_string(),
+            })?;
+            let after = IndexEntry {
+                next_query_at: inner.config.reconcile.next_query_at(
+                    &event.key,
+                    &state.phase,
+                    event.at,
+                ),
+                state,
+                last_sequence: record.sequence.0,
+            };
+            let reference = started_reference(&event);
+            inner.index.put(
+                &event.key,
+                before.as_ref(),
+                &after,
+                &[(record.sequence.0, &record.payload)],
+                reference.as_ref(),
+            )?;
+            applied += 1;
+        }
+        assert_eq!(
+            watermark.sequence,
+            inner.journal.last_sequence().0,
+            "catch-up reaches the journal's end"
+        );
+        inner.index.set_watermark(watermark)?;
+        *lock(&inner.watermark) = Watermark::at(watermark);
+        inner.index.flush()?;
+        Ok((from, applied))
+    }
+
+    /// Attempts started by a previous process with no outcome become unknown.
+    fn settle_orphans(&self) -> Result<usize> {
+        let mut count = 0;
+        let mut after: Option<IdempotencyKey> = None;
+        loop {
+            let keys =
+                self.inner
+                    .index
+                    .list(PhaseKind::InFlight, after.as_ref(), LIST_LIMIT_MAX)?;
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            for key in keys {
+                let _guard = self.lock_key(&key);
+                let entry = self.inner.index.get(&key)?;
+                if let Some(Phase::InFlight { attempt, .. }) =
+                    entry.as_ref().map(|e| &e.state.phase)
+                {
+                    let event = self.event(
+                        &key,
+                        EventKind::OutcomeReported {
+                            attempt: *attempt,
+                            outcome: self.orphan_outcome(),
+                        },
+                    );
+                    self.commit(&key, entry.as_ref(), vec![event])?;
+                    tracing::warn!(key = %key, attempt = attempt.get(), "attempt orphaned by a previous process is now unknown");
+                    count += 1;
+                }
+            }
+            after = Some(last);
+        }
+        Ok(count)
+    }
+
+    /// What an attempt orphaned by a previous process becomes: unknown.
+    fn orphan_outcome(&self) -> Outcome {
+        #[cfg(feature = "testing")]
+        if self.inner.config.sabotage_forget_unknown_on_replay {
+            return Outcome::NotSent {
+                reason: crate::event::NotSentReason::ConnectionRefused,
+            };
+        }
+        Outcome::Unknown {
+            reason: UnknownReason::ProcessEnded,
+        }
+    }
+}
+
+/// `path` made absolute and, where it exists, with symbolic links resolved.
+fn resolved(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Refuses an index directory that could hold the journal: deleting or rebuilding the index
+/// there could destroy it.
+fn check_index_dir(ledger_dir: &Path, index_dir: &Path) -> Result<()> {
+    let refuse = |reason| {
+        Err(InputError::IndexDir {
+            index_dir: index_dir.to_path_buf(),
+            reason,
+        }
+        .into())
+    };
+    let (ledger, index) = (resolved(ledger_dir), resolved(index_dir));
+    if index == ledger {
+        return refuse("is the ledger directory");
+    }
+    if ledger.starts_with(&index) {
+        return refuse("contains the ledger directory");
+    }
+    let holds_segments = std::fs::read_dir(&index).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+    });
+    if holds_segments {
+        return refuse("holds journal segments");
+    }
+    Ok(())
+}
+
+/// Opens the index, or makes a fresh one when it is missing, unusable or another journal's;
+/// returns why it must be rebuilt, if it must.
+///
+/// # Errors
+/// [`Error::IndexAhead`] when the index reflects records the journal does not have.
+fn open_index(dir: &Path, journal: &Journal) -> Result<(Index, Option<String>)> {
+    let existed = dir.exists();
+    let index = match Index::open(dir)? {
+        Ok(index) => index,
+        Err(reason) => {
+            Index::remove_files(dir)?;
+            let index = Index::open(dir)?.map_err(|again| Error::Index {
+                what: format!("fresh index unusable: {again}"),
+            })?;
+            return Ok((index, Some(reason)));
+        }
+    };
+    let watermark = index.watermark()?;
+    let last = journal.last_sequence();
+    if watermark.sequence > last.0 {
+        return Err(Error::IndexAhead {
+            index: dir.to_path_buf(),
+            watermark: Sequence(watermark.sequence),
+            journal_last: last,
+        });
+    }
+    if watermark.sequence > 0 {
+        let at = journal
+            .read_from(Sequence(watermark.sequence))
+            .next()
+            .transpose()?;
+        if at.is_none_or(|record| record.hash != watermark.chain_hash) {
+            index.clear()?;
+            let reason = format!(
+                "the index's chain hash at sequence {} is not this journal's: it belongs to another ledger",
+                watermark.sequence
+            );
+            return Ok((index, Some(reason)));
+        }
+    }
+    Ok((index, (!existed).then(|| "index missing".to_string())))
+}

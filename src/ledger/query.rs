@@ -1,0 +1,190 @@
+//! Reading the ledger: a key's state and history, keys by phase, and the health figures to alert
+//! on.
+//!
+//! Invariant: what these report agrees with what the gate answers: a key whose outcome could
+//! not be written shows as unknown (as the gate treats it), never as in flight.
+
+use crate::error::Result;
+use crate::event::{Event, UnknownReason};
+use crate::gate::GateStore;
+use crate::index::IndexEntry;
+use crate::journal::Journal;
+use crate::journal::codec::decode_event;
+use crate::key::{IdempotencyKey, Sequence, UnixMillis};
+use crate::limits::LIST_LIMIT_MAX;
+use crate::payment::{PaymentState, Phase, PhaseKind};
+
+use super::Ledger;
+use super::replies::{Health, HistoryEntry};
+
+impl Ledger {
+    /// The state of `key`, if it has any event.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn state(&self, key: &IdempotencyKey) -> Result<Option<PaymentState>> {
+        Ok(self
+            .inner
+            .index
+            .get(key)?
+            .map(|e| self.as_the_gate_sees_it(e.state)))
+    }
+
+    /// `state` with an outcome that could not be written shown as the gate treats it: unknown.
+    fn as_the_gate_sees_it(&self, mut state: PaymentState) -> PaymentState {
+        if let Phase::InFlight {
+            attempt,
+            started_at,
+        } = state.phase
+            && let Some(since) = self.inner.gate.unwritten_since(&state.key)
+        {
+            state.phase = Phase::Unknown {
+                attempt,
+                started_at,
+                since,
+                reason: UnknownReason::LocalWriteFailed,
+                queries: 0,
+                not_found_streak: 0,
+                pending: false,
+                waited_ms: 0,
+            };
+        }
+        state
+    }
+
+    /// Every event of `key`, in journal order.
+    ///
+    /// # Errors
+    /// Index or codec errors.
+    pub fn history(&self, key: &IdempotencyKey) -> Result<Vec<HistoryEntry>> {
+        self.inner
+            .index
+            .history(key)?
+            .into_iter()
+            .map(|stored| {
+                Ok(HistoryEntry {
+                    sequence: Sequence(stored.sequence),
+                    event: decode_event(&stored.payload)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Keys in `phase` with their states, ordered by key, strictly after `after` (a stable,
+    /// unique cursor), at most `limit` (capped at [`LIST_LIMIT_MAX`]).
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn list(
+        &self,
+        phase: PhaseKind,
+        after: Option<&IdempotencyKey>,
+        limit: usize,
+    ) -> Result<Vec<PaymentState>> {
+        let keys = self
+            .inner
+            .index
+            .list(phase, after, limit.min(LIST_LIMIT_MAX))?;
+        let mut states = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(entry) = self.inner.index.get(&key)? {
+                states.push(entry.state);
+            }
+        }
+        Ok(states)
+    }
+
+    /// The earliest `since(state)` among the keys in `phase`.
+    fn oldest(
+        &self,
+        phase: PhaseKind,
+        since: impl Fn(&Phase) -> Option<UnixMillis>,
+    ) -> Result<Option<UnixMillis>> {
+        let mut oldest: Option<UnixMillis> = None;
+        let mut after = None;
+        loop {
+            let states = self.list(phase, after.as_ref(), LIST_LIMIT_MAX)?;
+            let Some(last) = states.last().map(|s| s.key.clone()) else {
+                break;
+            };
+            for at in states.iter().filter_map(|s| since(&s.phase)) {
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
+            after = Some(last);
+        }
+        Ok(oldest)
+    }
+
+    /// Counts and ages to alert on.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn health(&self) -> Result<Health> {
+        let index = &self.inner.index;
+        let now = self.now();
+        let mut oldest_unknown = self.oldest(PhaseKind::Unknown, |phase| match phase {
+            Phase::Unknown { since, .. } => Some(*since),
+            _ => None,
+        })?;
+        let oldest_in_flight = self.oldest(PhaseKind::InFlight, |phase| match phase {
+            Phase::InFlight { started_at, .. } => Some(*started_at),
+            _ => None,
+        })?;
+        // Outcomes that could not be written count as unknown, as the gate treats them.
+        let unwritten = self.inner.gate.unwritten();
+        let mut unwritten_in_flight = 0;
+        for (key, since) in &unwritten {
+            if matches!(
+                index.get(key)?.map(|e| e.state.phase),
+                Some(Phase::InFlight { .. })
+            ) {
+                unwritten_in_flight += 1;
+                oldest_unknown = Some(oldest_unknown.map_or(*since, |o| o.min(*since)));
+            }
+        }
+        Ok(Health {
+            unknown: index.count(PhaseKind::Unknown) + unwritten_in_flight,
+            oldest_unknown_ms: oldest_unknown.map(|since| now.since(since)),
+            in_flight: index.count(PhaseKind::InFlight) - unwritten_in_flight,
+            oldest_in_flight_ms: oldest_in_flight.map(|since| now.since(since)),
+            in_review: index.count(PhaseKind::InReview),
+            conflict: index.count(PhaseKind::Conflict),
+            last_sequence: self.inner.journal.last_sequence(),
+            journal: self.inner.journal.stats(),
+        })
+    }
+
+    /// Keys per phase.
+    pub fn counts(&self) -> Vec<(PhaseKind, usize)> {
+        PhaseKind::ALL
+            .into_iter()
+            .map(|kind| (kind, self.inner.index.count(kind)))
+            .collect()
+    }
+
+    /// The journal, for verification, export and replay.
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+}
+
+impl GateStore for Ledger {
+    type Entry = IndexEntry;
+
+    fn load(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
+        self.inner.index.get(key)
+    }
+
+    fn state(entry: &IndexEntry) -> &PaymentState {
+        &entry.state
+    }
+
+    fn append(
+        &self,
+        key: &IdempotencyKey,
+        before: Option<&IndexEntry>,
+        events: Vec<Event>,
+    ) -> Result<()> {
+        self.commit(key, before, events).map(drop)
+    }
+}

@@ -1,0 +1,335 @@
+//! Issue 8: the holes a hostile production found in the promise, one regression test each.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use payledger::*;
+
+use crate::support::*;
+
+const DEADLINE: Duration = Duration::from_millis(200);
+
+fn phase(ledger: &Ledger, k: &IdempotencyKey) -> Phase {
+    ledger.state(k).unwrap().unwrap().phase
+}
+
+/// 8.1: a forward step of the wall clock must not shorten the provider's visibility delay.
+#[test]
+fn a_wall_clock_step_does_not_make_not_found_trusted_early() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (ledger, _) = Ledger::open(tmp.path(), config(&clock)).unwrap();
+    let provider = FakeProvider::new();
+    *provider.lose_next.lock().unwrap() = true;
+    *provider.reply_override.lock().unwrap() = Some(ChargeReply::Timeout);
+    let k = key("order-clock-step");
+    ledger
+        .charge_once(&k, &intent(1_000), &*provider, DEADLINE)
+        .unwrap();
+    *provider.reply_override.lock().unwrap() = None;
+    // NTP or a VM resume steps the wall clock 10 minutes forward.
+    clock.set(UnixMillis(clock.now().0 + 10 * 60_000));
+    let reconciler = Reconciler::new(ledger.clone(), Arc::clone(&provider));
+    let mut not_found_answers = 0;
+    for _ in 0..200 {
+        clock.advance(100);
+        let before = provider.query_calls.load(Ordering::SeqCst);
+        reconciler.run_once().unwrap();
+        not_found_answers += provider.query_calls.load(Ordering::SeqCst) - before;
+        if not_found_answers >= 3 {
+            break;
+        }
+    }
+    assert!(not_found_answers >= 3, "the provider was asked three times");
+    assert!(
+        matches!(phase(&ledger, &k), Phase::Unknown { .. }),
+        "still unknown: {:?}",
+        phase(&ledger, &k)
+    );
+    let early = ledger
+        .charge_once(&k, &intent(1_000), &*provider, DEADLINE)
+        .unwrap();
+    assert!(!early.called_provider, "no second attempt within the delay");
+    assert_eq!(provider.charge_calls(), 1);
+}
+
+/// 8.2: an index watermark ahead of the journal's end proves acknowledged records were lost.
+#[test]
+fn a_damaged_acknowledged_last_record_is_an_error_not_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let provider = FakeProvider::new();
+    let last = {
+        let (ledger, _) = Ledger::open(tmp.path(), config(&clock)).unwrap();
+        for i in 0..5 {
+            ledger
+                .charge_once(
+                    &key(&format!("ack-{i}")),
+                    &intent(100),
+                    &*provider,
+                    DEADLINE,
+                )
+                .unwrap();
+        }
+        ledger.journal().last_sequence()
+    };
+    // Bit rot in the last acknowledged record.
+    let segment = tmp.path().join("00000000000000000000.seg");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[end - 3] ^= 0x40;
+    std::fs::write(&segment, bytes).unwrap();
+    match Ledger::open(tmp.path(), config(&clock)) {
+        Err(Error::IndexAhead {
+            watermark,
+            journal_last,
+            ..
+        }) => {
+            assert_eq!(watermark, last);
+            assert_eq!(journal_last, Sequence(last.0 - 1));
+        }
+        other => panic!("expected the index to prove the loss, got {other:?}"),
+    }
+}
+
+/// 8.2: an index copied from another ledger is detected by its chain hash, not served.
+#[test]
+fn an_index_from_another_ledger_is_detected_and_rebuilt() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let provider = FakeProvider::new();
+    for (dir, amount) in [(a.path(), 100), (b.path(), 200)] {
+        let (ledger, _) = Ledger::open(dir, config(&clock)).unwrap();
+        for i in 0..4 {
+            *provider.reply_override.lock().unwrap() =
+                (amount == 200).then_some(ChargeReply::Timeout);
+            ledger
+                .charge_once(
+                    &key(&format!("k{i}")),
+                    &intent(amount),
+                    &*provider,
+                    DEADLINE,
+                )
+                .unwrap();
+        }
+    }
+    std::fs::remove_dir_all(a.path().join("index")).unwrap();
+    copy_dir(&b.path().join("index"), &a.path().join("index"));
+    let (ledger, report) = Ledger::open(a.path(), config(&clock)).unwrap();
+    assert!(
+        matches!(report.index, IndexRecovery::Rebuilt { .. }),
+        "{:?}",
+        report.index
+    );
+    for i in 0..4 {
+        assert!(
+            matches!(phase(&ledger, &key(&format!("k{i}"))), Phase::Succeeded { amount, .. } if amount.minor() == 100)
+        );
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A provider whose charge blocks until the test lets it answer.
+struct HungProvider {
+    inner: Arc<FakeProvider>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Provider for HungProvider {
+    fn charge(&self, request: &ChargeRequest) -> ChargeReply {
+        let reply = self.inner.charge(request);
+        let _ = self.release.lock().unwrap().recv();
+        reply
+    }
+    fn query(&self, reference: &ProviderReference) -> QueryReply {
+        self.inner.query(reference)
+    }
+}
+
+/// 8.3: a provider call that never returns must not pin the key in flight forever.
+#[test]
+fn a_hung_provider_call_becomes_unknown_when_its_lease_expires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (ledger, _) = Ledger::open(tmp.path(), config(&clock)).unwrap();
+    let (release, receiver) = mpsc::channel();
+    let fake = FakeProvider::new();
+    let hung = Arc::new(HungProvider {
+        inner: Arc::clone(&fake),
+        release: Mutex::new(receiver),
+    });
+    let k = key("order-hung");
+    let caller = {
+        let (ledger, hung, k) = (ledger.clone(), Arc::clone(&hung), k.clone());
+        std::thread::spawn(move || {
+            ledger
+                .charge_once(&k, &intent(1_000), &*hung, DEADLINE)
+                .unwrap()
+        })
+    };
+    while fake.charge_calls() == 0 {
+        std::thread::yield_now();
+    }
+    assert!(matches!(phase(&ledger, &k), Phase::InFlight { .. }));
+    // Long after any lease, the reconciler takes the attempt over.
+    let reconciler = Reconciler::new(ledger.clone(), Arc::clone(&fake));
+    clock.advance(3_600_000);
+    reconciler.run_once().unwrap();
+    assert!(
+        matches!(phase(&ledger, &k), Phase::Unknown { .. }),
+        "{:?}",
+        phase(&ledger, &k)
+    );
+    // The provider finally answers: the late success is evidence, not a second charge.
+    release.send(()).unwrap();
+    let report = caller.join().unwrap();
+    assert!(report.called_provider);
+    assert!(matches!(phase(&ledger, &k), Phase::Succeeded { .. }));
+    assert_eq!(fake.charge_calls(), 1);
+}
+
+struct PanickingProvider;
+
+impl Provider for PanickingProvider {
+    fn charge(&self, _: &ChargeRequest) -> ChargeReply {
+        panic!("provider client bug")
+    }
+    fn query(&self, _: &ProviderReference) -> QueryReply {
+        QueryReply::Pending
+    }
+}
+
+/// 8.3: a provider that panics leaves the key for the reconciler, never retryable.
+#[test]
+fn a_panicking_provider_leaves_the_key_unknown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (ledger, _) = Ledger::open(tmp.path(), config(&clock)).unwrap();
+    let k = key("order-panic");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ledger.charge_once(&k, &intent(1_000), &PanickingProvider, DEADLINE)
+    }));
+    assert!(result.is_err(), "the panic reaches the caller");
+    assert!(matches!(
+        ledger.begin(&k, &intent(1_000)).unwrap(),
+        Begin::AwaitingReconciliation { .. }
+    ));
+    assert!(matches!(phase(&ledger, &k), Phase::Unknown { .. }));
+}
+
+/// 8.4: an `index_dir` that is the ledger directory (or holds it) is refused, and nothing of
+/// the journal is deleted.
+#[test]
+fn an_index_dir_holding_the_journal_is_refused_and_nothing_is_deleted() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("ledger");
+    let clock = clock();
+    let provider = FakeProvider::new();
+    {
+        let (ledger, _) = Ledger::open(&dir, config(&clock)).unwrap();
+        ledger
+            .charge_once(&key("keep-me"), &intent(100), &*provider, DEADLINE)
+            .unwrap();
+    }
+    // Something sled cannot open, so that the old code "cleans up" the directory.
+    std::fs::write(dir.join("conf"), b"not a sled config").unwrap();
+    std::fs::write(parent.path().join("conf"), b"not a sled config").unwrap();
+    let segment = dir.join("00000000000000000000.seg");
+    let before = std::fs::read(&segment).unwrap();
+    for index_dir in [dir.clone(), parent.path().to_path_buf()] {
+        let result = Ledger::open(
+            &dir,
+            LedgerConfig {
+                index_dir: Some(index_dir.clone()),
+                ..config(&clock)
+            },
+        );
+        assert!(
+            matches!(result, Err(Error::Input(InputError::IndexDir { .. }))),
+            "{index_dir:?}: {result:?}"
+        );
+        assert_eq!(std::fs::read(&segment).unwrap(), before, "journal intact");
+    }
+}
+
+/// 8.7: a conflict found on attempt 1 must not hide attempt 2, which may have charged too.
+#[test]
+fn a_conflict_on_an_earlier_attempt_keeps_the_open_attempt_reconciled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (ledger, _) = Ledger::open(tmp.path(), config(&clock)).unwrap();
+    let provider = FakeProvider::new();
+    let k = key("order-two-doubts");
+    // Attempt 1: the provider loses the charge; "not found" is trusted after the delay.
+    *provider.lose_next.lock().unwrap() = true;
+    *provider.reply_override.lock().unwrap() = Some(ChargeReply::Timeout);
+    ledger
+        .charge_once(&k, &intent(1_000), &*provider, DEADLINE)
+        .unwrap();
+    let reconciler = Reconciler::new(ledger.clone(), Arc::clone(&provider));
+    for _ in 0..300 {
+        clock.advance(1_000);
+        reconciler.run_once().unwrap();
+        if matches!(phase(&ledger, &k), Phase::Ready { .. }) {
+            break;
+        }
+    }
+    assert!(matches!(phase(&ledger, &k), Phase::Ready { .. }));
+    // Attempt 2 times out: unknown.
+    ledger
+        .charge_once(&k, &intent(1_000), &*provider, DEADLINE)
+        .unwrap();
+    assert!(matches!(phase(&ledger, &k), Phase::Unknown { attempt, .. } if attempt.get() == 2));
+    // The settlement file shows attempt 1 charged after all: a conflict.
+    let (reference, txn, amount) = provider.lost.lock().unwrap()[0].clone();
+    let outcome = ledger
+        .record_evidence(
+            &ProviderReference::new(reference).unwrap(),
+            EvidenceSource::Settlement,
+            Finding::Charged {
+                transaction_id: TransactionId::new(txn).unwrap(),
+                amount: Amount::new(amount).unwrap(),
+            },
+        )
+        .unwrap();
+    assert_eq!(outcome, EvidenceOutcome::Conflict);
+    assert_eq!(ledger.health().unwrap().conflict, 1);
+    // Attempt 2 is still asked about until the provider answers for it.
+    let second = ProviderReference::derive(&k, AttemptNumber::new(2).unwrap());
+    let queries_before = provider.query_calls.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        clock.advance(5_000);
+        reconciler.run_once().unwrap();
+    }
+    assert!(
+        provider.query_calls.load(Ordering::SeqCst) > queries_before,
+        "attempt 2 is queried"
+    );
+    let settled = ledger.history(&k).unwrap().into_iter().any(|entry| {
+        matches!(entry.event.kind, EventKind::ProviderQueried { attempt, answer: QueryAnswer::FoundSucceeded { .. } } if attempt.get() == 2)
+    });
+    assert!(settled, "the answer about attempt 2 is recorded");
+    assert_eq!(provider.charges.lock().unwrap().len(), 1);
+    assert!(
+        provider
+            .charges
+            .lock()
+            .unwrap()
+            .contains_key(second.as_str())
+    );
+    assert!(matches!(phase(&ledger, &k), Phase::Conflict { .. }));
+}
