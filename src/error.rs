@@ -146,11 +146,23 @@ pub enum Error {
         cause: FatalCause,
     },
 
+    /// Records up to `acknowledged` were synced and acknowledged, but the journal ends at
+    /// `journal_last`: damage at its end that is not a torn tail. Nothing was cut.
+    #[error(
+        "records up to sequence {acknowledged} were acknowledged but the journal ends at {journal_last}; nothing was cut"
+    )]
+    AcknowledgedMissing {
+        /// The last sequence known to be acknowledged.
+        acknowledged: Sequence,
+        /// The journal's last intact sequence.
+        journal_last: Sequence,
+    },
+
     /// The index reflects journal records the journal does not have: the journal lost records
     /// that were synced and acknowledged (damage at its end), or the index belongs to a later
     /// copy of this ledger or to another one. Nothing is rebuilt or cut: an operator decides.
     #[error(
-        "index {} reflects the journal up to sequence {watermark}, but the journal ends at {journal_last}: acknowledged records are missing from the journal, or the index is not this journal's (docs/runbook.md, \"the index is ahead of the journal\")",
+        "index {} reflects the journal up to sequence {watermark}, but the journal ends at {journal_last}: acknowledged records are missing from the journal, or the index is not this journal's; nothing was changed (docs/runbook.md, \"the index is ahead of the journal\")",
         index.display()
     )]
     IndexAhead {

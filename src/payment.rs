@@ -25,6 +25,9 @@
 //!        Succeeded{n} | Declined{n}  (final; a decline is replayed, never retried)
 //!
 //!   any phase ── ConflictDetected ──▶ Conflict (final: needs a refund or a human)
+//!   (about an earlier attempt while another is InFlight/Unknown/InReview: the contradiction
+//!    waits in `PaymentState::conflict`, that attempt stays reconciled, and the key becomes
+//!    Conflict once it settles)
 //! ```
 //!
 //! The fold never turns `Unknown` into anything by time: only a provider answer, evidence or

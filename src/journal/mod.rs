@@ -172,6 +172,24 @@ impl Journal {
         dir: impl AsRef<Path>,
         config: JournalConfig,
     ) -> Result<(Self, RecoveryReport)> {
+        Self::open_acknowledged(storage, dir, config, || Ok(Sequence(0)))
+    }
+
+    /// [`Journal::open_on`], with evidence of what was acknowledged: once the directory lock is
+    /// held and before recovery changes a byte, `acknowledged` says up to which sequence records
+    /// were synced and acknowledged (the ledger's index watermark, say). A journal that ends
+    /// before it is refused with [`Error::AcknowledgedMissing`] and left untouched, instead of
+    /// having its damaged last records cut as a torn tail.
+    ///
+    /// # Errors
+    /// As [`Journal::open_on`], [`Error::AcknowledgedMissing`], and whatever `acknowledged`
+    /// returns.
+    pub fn open_acknowledged(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        config: JournalConfig,
+        acknowledged: impl FnOnce() -> Result<Sequence>,
+    ) -> Result<(Self, RecoveryReport)> {
         let dir = dir.as_ref().to_path_buf();
         if !(SEGMENT_LEN_MIN..=SEGMENT_LEN_MAX).contains(&config.segment_len) {
             return Err(InputError::Config {
@@ -187,6 +205,7 @@ impl Journal {
         if segments.is_empty() && !config.create_if_missing {
             return Err(Error::NotFound { dir });
         }
+        let acknowledged = acknowledged()?;
         let mut report = RecoveryReport::default();
         let writer = match segments.last() {
             None => {
@@ -209,10 +228,17 @@ impl Journal {
                     head: GENESIS_HASH,
                 }
             }
-            Some(last) => recovery::recover_last(&*storage, last, &mut report)?,
+            Some(last) => recovery::recover_last(&*storage, last, acknowledged, &mut report)?,
         };
         report.segments = segments.len();
         report.last_sequence = Sequence(writer.next_sequence - 1);
+        if report.last_sequence < acknowledged {
+            // Only an empty directory gets here: a journal that does not exist any more.
+            return Err(Error::AcknowledgedMissing {
+                acknowledged,
+                journal_last: report.last_sequence,
+            });
+        }
         if let Some(torn) = &report.torn_tail {
             tracing::warn!(
                 segment = torn.segment,

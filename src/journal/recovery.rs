@@ -4,13 +4,15 @@
 //!
 //! Invariants:
 //! - only bytes after the last complete append of the last segment are ever changed, and only
-//!   to zeros;
+//!   to zeros, and never when evidence shows that records up to a later sequence were
+//!   acknowledged (then nothing is changed and the open fails);
 //! - damage followed by an intact record with a later sequence is corruption, not a torn tail:
 //!   a record is written only after everything before it was synced;
 //! - the segment is synced before the journal serves anything, so nothing that only reached the
 //!   page cache (a previous process's failed sync) is ever acknowledged again.
 
 use crate::error::{Error, Result};
+use crate::key::Sequence;
 use crate::limits::SEGMENT_LEN_MAX;
 
 use super::RecoveryReport;
@@ -27,6 +29,7 @@ use super::storage::Storage;
 pub(crate) fn recover_last(
     storage: &dyn Storage,
     last: &SegmentInfo,
+    acknowledged: Sequence,
     report: &mut RecoveryReport,
 ) -> Result<Writer> {
     let segment = open_segment(storage, last)?;
@@ -39,6 +42,14 @@ pub(crate) fn recover_last(
         }
     };
     let committed = cursor.committed();
+    if committed.last_sequence < acknowledged.0 {
+        // Whatever is wrong at the end was synced and acknowledged: not a torn tail. Nothing is
+        // cut, so the damaged bytes stay for an operator to see.
+        return Err(Error::AcknowledgedMissing {
+            acknowledged,
+            journal_last: Sequence(committed.last_sequence),
+        });
+    }
     let window = cursor.window();
     if let Some((offset, why)) = bad {
         match why {

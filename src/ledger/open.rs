@@ -52,15 +52,40 @@ impl Ledger {
             .clone()
             .unwrap_or_else(|| dir.join("index"));
         check_index_dir(dir, &index_dir)?;
-        let (journal, journal_report) = Journal::open_on(
+        // The index is opened once the journal's lock is held and before its recovery changes a
+        // byte: its watermark is evidence of what was acknowledged.
+        let mut opened = None;
+        let journal = Journal::open_acknowledged(
             Arc::clone(&config.storage),
             dir,
             JournalConfig {
                 segment_len: config.segment_len,
                 create_if_missing: config.create_if_missing,
             },
-        )?;
-        let (index, rebuild_reason) = open_index(&index_dir, &journal)?;
+            || {
+                let (index, reason) = open_index(&index_dir)?;
+                let watermark = Sequence(index.watermark()?.sequence);
+                opened = Some((index, reason));
+                Ok(watermark)
+            },
+        );
+        let (journal, journal_report) = match journal {
+            Err(Error::AcknowledgedMissing {
+                acknowledged,
+                journal_last,
+            }) => {
+                return Err(Error::IndexAhead {
+                    index: index_dir,
+                    watermark: acknowledged,
+                    journal_last,
+                });
+            }
+            other => other?,
+        };
+        let (index, reason) = opened.ok_or_else(|| Error::Index {
+            what: "the index was not opened with the journal".into(),
+        })?;
+        let rebuild_reason = check_index_chain(&index, &journal)?.or(reason);
         let inner = Arc::new(Inner {
             journal,
             index,
@@ -251,45 +276,40 @@ fn check_index_dir(ledger_dir: &Path, index_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens the index, or makes a fresh one when it is missing, unusable or another journal's;
-/// returns why it must be rebuilt, if it must.
-///
-/// # Errors
-/// [`Error::IndexAhead`] when the index reflects records the journal does not have.
-fn open_index(dir: &Path, journal: &Journal) -> Result<(Index, Option<String>)> {
+/// Opens the index, or makes a fresh one when it is missing or unusable; returns why it must be
+/// rebuilt, if it must.
+fn open_index(dir: &Path) -> Result<(Index, Option<String>)> {
     let existed = dir.exists();
-    let index = match Index::open(dir)? {
-        Ok(index) => index,
+    match Index::open(dir)? {
+        Ok(index) => Ok((index, (!existed).then(|| "index missing".to_string()))),
         Err(reason) => {
             Index::remove_files(dir)?;
             let index = Index::open(dir)?.map_err(|again| Error::Index {
                 what: format!("fresh index unusable: {again}"),
             })?;
-            return Ok((index, Some(reason)));
+            Ok((index, Some(reason)))
         }
-    };
+    }
+}
+
+/// Checks that the index is this journal's: the chain hash it recorded at its watermark must be
+/// the journal's. An index of another journal is cleared for a rebuild; returns why.
+fn check_index_chain(index: &Index, journal: &Journal) -> Result<Option<String>> {
     let watermark = index.watermark()?;
-    let last = journal.last_sequence();
-    if watermark.sequence > last.0 {
-        return Err(Error::IndexAhead {
-            index: dir.to_path_buf(),
-            watermark: Sequence(watermark.sequence),
-            journal_last: last,
-        });
+    debug_assert!(watermark.sequence <= journal.last_sequence().0);
+    if watermark.sequence == 0 {
+        return Ok(None);
     }
-    if watermark.sequence > 0 {
-        let at = journal
-            .read_from(Sequence(watermark.sequence))
-            .next()
-            .transpose()?;
-        if at.is_none_or(|record| record.hash != watermark.chain_hash) {
-            index.clear()?;
-            let reason = format!(
-                "the index's chain hash at sequence {} is not this journal's: it belongs to another ledger",
-                watermark.sequence
-            );
-            return Ok((index, Some(reason)));
-        }
+    let at = journal
+        .read_from(Sequence(watermark.sequence))
+        .next()
+        .transpose()?;
+    if at.is_some_and(|record| record.hash == watermark.chain_hash) {
+        return Ok(None);
     }
-    Ok((index, (!existed).then(|| "index missing".to_string())))
+    index.clear()?;
+    Ok(Some(format!(
+        "the index's chain hash at sequence {} is not this journal's: it belongs to another ledger",
+        watermark.sequence
+    )))
 }

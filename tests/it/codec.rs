@@ -4,11 +4,13 @@
 //! New fixtures (only for a new variant or format version) are written with
 //! `PAYLEDGER_BLESS=1 cargo test --test it codec`; an existing fixture is never rewritten.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use payledger::journal::codec::{decode_event, encode_event};
 use payledger::*;
+
+use crate::variants::{variants_in, variants_of};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events/v1")
@@ -167,8 +169,80 @@ pub fn every_variant() -> Vec<(&'static str, Event)> {
                 amount: amount(),
             }),
         ),
-        ("resolved_declined", resolved(Resolution::Declined { code })),
+        (
+            "resolved_declined",
+            resolved(Resolution::Declined { code: code.clone() }),
+        ),
         ("resolved_not_charged", resolved(Resolution::NotCharged)),
+        (
+            "outcome_not_sent_deadline",
+            outcome(Outcome::NotSent {
+                reason: NotSentReason::DeadlineBeforeSend,
+            }),
+        ),
+        (
+            "outcome_not_sent_rejected",
+            outcome(Outcome::NotSent {
+                reason: NotSentReason::RejectedBeforeProcessing,
+            }),
+        ),
+        (
+            "outcome_unknown_unparseable",
+            outcome(Outcome::Unknown {
+                reason: UnknownReason::UnparseableReply,
+            }),
+        ),
+        (
+            "outcome_unknown_local_write_failed",
+            outcome(Outcome::Unknown {
+                reason: UnknownReason::LocalWriteFailed,
+            }),
+        ),
+        (
+            "outcome_unknown_ticket_dropped",
+            outcome(Outcome::Unknown {
+                reason: UnknownReason::TicketDropped,
+            }),
+        ),
+        (
+            "outcome_unknown_lease_expired",
+            outcome(Outcome::Unknown {
+                reason: UnknownReason::LeaseExpired,
+            }),
+        ),
+        (
+            "queried_not_found_after_wait",
+            answer(QueryAnswer::NotFoundAfterWait {
+                policy,
+                waited_ms: 47_250,
+            }),
+        ),
+        (
+            "evidence_received_reply_declined",
+            event(EventKind::EvidenceReceived {
+                attempt: a1(),
+                source: EvidenceSource::Reply,
+                finding: Finding::Declined { code: code.clone() },
+            }),
+        ),
+        (
+            "evidence_received_query",
+            event(EventKind::EvidenceReceived {
+                attempt: a1(),
+                source: EvidenceSource::Query,
+                finding: Finding::Charged {
+                    transaction_id: txn(),
+                    amount: amount(),
+                },
+            }),
+        ),
+        (
+            "escalated_requested",
+            event(EventKind::EscalatedToReview {
+                attempt: a1(),
+                reason: ReviewReason::Requested,
+            }),
+        ),
         (
             "conflict_detected",
             event(EventKind::ConflictDetected {
@@ -219,6 +293,44 @@ fn every_fixture_on_disk_is_checked() {
             "fixture {name} has no value in every_variant()"
         );
     }
+}
+
+/// Every variant of every enum an event can hold is frozen by a fixture: adding a variant
+/// without one fails here (the variant lists come from serde's derive, not from a hand-kept
+/// list).
+#[test]
+fn every_variant_of_every_event_enum_has_a_fixture() {
+    let enums = [
+        variants_of::<EventKind>(),
+        variants_of::<Outcome>(),
+        variants_of::<NotSentReason>(),
+        variants_of::<UnknownReason>(),
+        variants_of::<QueryAnswer>(),
+        variants_of::<EvidenceSource>(),
+        variants_of::<Finding>(),
+        variants_of::<ReviewReason>(),
+        variants_of::<Resolution>(),
+    ];
+    let covered: BTreeSet<_> = every_variant()
+        .iter()
+        .flat_map(|(_, event)| variants_in(event))
+        .collect();
+    for (name, _) in &covered {
+        assert!(
+            enums.iter().any(|(e, _)| e == name),
+            "the events hold enum {name}, which this test does not check: add it above"
+        );
+    }
+    let missing: Vec<String> = enums
+        .iter()
+        .flat_map(|(name, variants)| variants.iter().map(move |v| (*name, *v)))
+        .filter(|variant| !covered.contains(variant))
+        .map(|(name, v)| format!("{name}::{v}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "variants without a golden fixture: {missing:?}"
+    );
 }
 
 #[test]

@@ -129,10 +129,17 @@ proptest! {
             *truth.charges_per_key.entry(k.to_string()).or_default() += 1;
             Some(id)
         };
+        // Every case charges at least once, so the oracle below is never vacuous.
+        let ops = std::iter::once(Op::Pay { k: 0, charge: true, report: 0 }).chain(ops);
         for op in ops {
             match op {
                 Op::Pay { k, charge: really, report } => {
-                    let Ok(Begin::Attempt(ticket)) = ledger.begin(&keys[k], &intent(100)) else { continue };
+                    let ticket = match ledger.begin(&keys[k], &intent(100)) {
+                        Ok(Begin::Attempt(ticket)) => ticket,
+                        Ok(_) => continue,
+                        Err(e) => { expected_failure(&e, failures_since_open)?; continue; }
+                    };
+                    previous_attempt_did_not_charge(&truth, &keys[k], &ticket)?;
                     let charged = charge(&truth, &keys[k], &ticket, really);
                     let outcome = match (charged, report) {
                         (Some(id), 0 | 1) => Outcome::Succeeded { transaction_id: TransactionId::new(id).unwrap(), amount: Amount::new(100).unwrap() },
@@ -142,16 +149,26 @@ proptest! {
                         (None, 2) => { truth.lock().unwrap().declined.pop(); Outcome::NotSent { reason: NotSentReason::ConnectionRefused } }
                         _ => Outcome::Unknown { reason: UnknownReason::Timeout },
                     };
-                    let _ = ledger.record(ticket, outcome);
+                    if let Err(e) = ledger.record(ticket, outcome) {
+                        expected_failure(&e, failures_since_open)?;
+                    }
                 }
                 Op::PayAndDrop { k, charge: really } => {
-                    if let Ok(Begin::Attempt(ticket)) = ledger.begin(&keys[k], &intent(100)) {
-                        charge(&truth, &keys[k], &ticket, really);
+                    match ledger.begin(&keys[k], &intent(100)) {
+                        Ok(Begin::Attempt(ticket)) => {
+                            previous_attempt_did_not_charge(&truth, &keys[k], &ticket)?;
+                            charge(&truth, &keys[k], &ticket, really);
+                        }
+                        Ok(_) => {}
+                        Err(e) => expected_failure(&e, failures_since_open)?,
                     }
                 }
                 Op::Reconcile { advance_ms } => {
                     clock.advance(advance_ms);
-                    let _ = Reconciler::new(ledger.clone(), ModelProvider(Arc::clone(&truth))).run_once();
+                    let reconciler = Reconciler::new(ledger.clone(), ModelProvider(Arc::clone(&truth)));
+                    if let Err(e) = reconciler.run_once() {
+                        expected_failure(&e, failures_since_open)?;
+                    }
                 }
                 Op::Webhook { k } => {
                     let charged: Vec<(String, String)> = truth.lock().unwrap().charged.iter()
@@ -160,7 +177,9 @@ proptest! {
                         .collect();
                     for (reference, id) in charged {
                         let finding = Finding::Charged { transaction_id: TransactionId::new(id).unwrap(), amount: Amount::new(100).unwrap() };
-                        let _ = ledger.record_evidence(&ProviderReference::new(reference).unwrap(), EvidenceSource::Webhook, finding);
+                        if let Err(e) = ledger.record_evidence(&ProviderReference::new(reference).unwrap(), EvidenceSource::Webhook, finding) {
+                            expected_failure(&e, failures_since_open)?;
+                        }
                     }
                 }
                 Op::Reopen { tear } => {
@@ -189,5 +208,49 @@ proptest! {
                 prop_assert!(*count <= 1, "key {} charged {} times", k, count);
             }
         }
+        prop_assert!(!truth.lock().unwrap().charged.is_empty(), "the case charged nothing");
     }
+}
+
+/// A ledger call may fail only after the test injected a write or sync failure, and only with
+/// the errors such a failure causes.
+fn expected_failure(error: &Error, injected: bool) -> Result<(), TestCaseError> {
+    prop_assert!(
+        injected,
+        "a ledger call failed with no fault injected: {:?}",
+        error
+    );
+    prop_assert!(
+        matches!(
+            error,
+            Error::AppendFailed { .. } | Error::Poisoned { .. } | Error::IndexFailed
+        ),
+        "unexpected error kind: {:?}",
+        error
+    );
+    Ok(())
+}
+
+/// The oracle, from the test's own books: a new attempt is granted only if the provider never
+/// charged the previous one.
+fn previous_attempt_did_not_charge(
+    truth: &Arc<Mutex<Truth>>,
+    k: &IdempotencyKey,
+    ticket: &Ticket,
+) -> Result<(), TestCaseError> {
+    if let Some(previous) = ticket.attempt().get().checked_sub(1).filter(|&p| p > 0) {
+        let reference = ProviderReference::derive(k, AttemptNumber::new(previous).unwrap());
+        prop_assert!(
+            !truth
+                .lock()
+                .unwrap()
+                .charged
+                .contains_key(reference.as_str()),
+            "attempt {} of {} granted although attempt {} charged",
+            ticket.attempt(),
+            k,
+            previous
+        );
+    }
+    Ok(())
 }

@@ -15,3 +15,4 @@ mod model_props;
 mod promise;
 mod sim;
 mod support;
+mod variants;

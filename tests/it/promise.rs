@@ -79,7 +79,7 @@ fn a_damaged_acknowledged_last_record_is_an_error_not_a_torn_tail() {
     let mut bytes = std::fs::read(&segment).unwrap();
     let end = bytes.iter().rposition(|&b| b != 0).unwrap();
     bytes[end - 3] ^= 0x40;
-    std::fs::write(&segment, bytes).unwrap();
+    std::fs::write(&segment, &bytes).unwrap();
     match Ledger::open(tmp.path(), config(&clock)) {
         Err(Error::IndexAhead {
             watermark,
@@ -91,6 +91,11 @@ fn a_damaged_acknowledged_last_record_is_an_error_not_a_torn_tail() {
         }
         other => panic!("expected the index to prove the loss, got {other:?}"),
     }
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bytes,
+        "the damaged record is left for an operator, not cut"
+    );
 }
 
 /// 8.2: an index copied from another ledger is detected by its chain hash, not served.
@@ -332,4 +337,69 @@ fn a_conflict_on_an_earlier_attempt_keeps_the_open_attempt_reconciled() {
             .contains_key(second.as_str())
     );
     assert!(matches!(phase(&ledger, &k), Phase::Conflict { .. }));
+}
+
+/// 8.2 (stronger evidence): damage anywhere in the last acknowledged record stops the open;
+/// the journal alone could take it for a torn tail, the index's watermark proves otherwise.
+#[test]
+fn every_flipped_byte_of_the_last_acknowledged_record_stops_the_open() {
+    let index = tempfile::tempdir().unwrap();
+    let disk = SimDisk::new(17);
+    let clock = clock();
+    let config = || LedgerConfig {
+        storage: Arc::new(disk.clone()),
+        index_dir: Some(index.path().to_path_buf()),
+        ..config(&clock)
+    };
+    let provider = FakeProvider::new();
+    let last = {
+        let (ledger, _) = Ledger::open("/ledger", config()).unwrap();
+        for i in 0..3 {
+            ledger
+                .charge_once(
+                    &key(&format!("flip-{i}")),
+                    &intent(100),
+                    &*provider,
+                    DEADLINE,
+                )
+                .unwrap();
+        }
+        ledger.journal().last_sequence()
+    };
+    let segment = std::path::Path::new("/ledger").join("00000000000000000000.seg");
+    let original = disk.durable_bytes(&segment).unwrap();
+    // The last record: from after the one before it to the last non-zero byte.
+    let end = original.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let mut start = 64;
+    while let Ok(record) = payledger::journal::format::decode_intact(&original[start..]) {
+        if start + record.len >= end {
+            break;
+        }
+        start += record.len;
+    }
+    assert_eq!(
+        payledger::journal::format::decode_intact(&original[start..])
+            .unwrap()
+            .sequence,
+        last.0
+    );
+    for at in start..end {
+        let mut bytes = original.clone();
+        bytes[at] ^= 1 << (at % 8);
+        disk.put_bytes(&segment, bytes.clone());
+        match Ledger::open("/ledger", config()) {
+            Err(Error::IndexAhead { watermark, .. }) => assert_eq!(watermark, last),
+            Err(Error::Corrupt { .. }) => {}
+            Ok(_) => panic!("byte {at} of the last acknowledged record: opened without it"),
+            Err(other) => panic!("byte {at}: unexpected {other:?}"),
+        }
+        assert_eq!(
+            disk.current_bytes(&segment).unwrap(),
+            bytes,
+            "byte {at}: nothing was cut"
+        );
+    }
+    disk.put_bytes(&segment, original);
+    let (ledger, _) = Ledger::open("/ledger", config()).unwrap();
+    assert_eq!(ledger.journal().last_sequence(), last);
 }
