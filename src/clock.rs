@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::key::UnixMillis;
+use crate::model::UnixMillis;
 
 /// Milliseconds on a monotonic clock since an origin fixed for the life of one process. Only
 /// differences between two readings of the same clock mean anything; it is never persisted.

@@ -6,13 +6,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::event::Event;
 use crate::journal::codec::decode_event;
 use crate::journal::format::{GENESIS_HASH, SEGMENT_HEADER_LEN, SegmentHeader, decode_record};
 use crate::journal::simdisk::SimDisk;
 use crate::journal::{Journal, JournalConfig};
-use crate::key::{IdempotencyKey, Sequence};
-use crate::payment::{PaymentState, apply};
+use crate::model::Event;
+use crate::model::{IdempotencyKey, Sequence};
+use crate::model::{PaymentState, apply};
 
 /// Opens `bytes` as the only segment of a journal, reads every record back, verifies, and
 /// decodes each record directly as well.

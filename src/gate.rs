@@ -14,10 +14,10 @@ use std::hash::{Hash, Hasher};
 
 use crate::clock::MonotonicMillis;
 use crate::error::Result;
-use crate::event::{Event, EventKind, Outcome, UnknownReason};
-use crate::intent::Intent;
-use crate::key::{AttemptNumber, IdempotencyKey, ProviderReference, UnixMillis};
-use crate::payment::{Decision, PaymentState};
+use crate::model::Intent;
+use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference, UnixMillis};
+use crate::model::{AttemptPlan, Decision, PaymentState};
+use crate::model::{Event, EventKind, Outcome, UnknownReason};
 use crate::sync::{Mutex, MutexGuard, lock};
 
 const STRIPES: usize = 1024;
@@ -39,18 +39,12 @@ pub(crate) trait GateStore {
     ) -> Result<()>;
 }
 
-/// What the gate decided for a request.
+/// An attempt the gate made durable and whose ticket is live: call the provider with its
+/// reference.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Admission {
-    /// The attempt is durable and its ticket is live: call the provider.
-    Attempt {
-        attempt: AttemptNumber,
-        provider_reference: ProviderReference,
-    },
-    /// The attempt in flight had no live ticket; it is now unknown.
-    Orphaned { attempt: AttemptNumber },
-    /// Nothing to do but relay the decision.
-    Decided(Decision),
+pub(crate) struct StartedAttempt {
+    pub attempt: AttemptNumber,
+    pub provider_reference: ProviderReference,
 }
 
 /// A ticket handed out and not yet recorded, dropped or taken over.
@@ -138,7 +132,7 @@ impl KeyGate {
         intent: &Intent,
         now: UnixMillis,
         monotonic: MonotonicMillis,
-    ) -> Result<Admission> {
+    ) -> Result<Decision<StartedAttempt>> {
         let fingerprint = intent.fingerprint();
         let _guard = self.lock(key);
         let entry = store.load(key)?;
@@ -153,45 +147,19 @@ impl KeyGate {
                 .phase
                 .possibly_charged()
                 .unwrap_or(AttemptNumber::FIRST);
-            return Ok(Admission::Decided(Decision::AwaitingReconciliation {
-                attempt,
-            }));
+            return Ok(Decision::AwaitingReconciliation { attempt });
         }
         let event = |kind| Event {
             key: key.clone(),
             at: now,
             kind,
         };
-        match decision {
-            Decision::StartAttempt {
-                attempt,
-                record_intent,
-            } => {
-                let provider_reference = ProviderReference::derive(key, attempt);
-                let mut events = Vec::with_capacity(2);
-                if record_intent {
-                    events.push(event(EventKind::IntentRecorded {
-                        intent: intent.clone(),
-                        fingerprint,
-                    }));
-                }
-                events.push(event(EventKind::AttemptStarted {
-                    attempt,
-                    provider_reference: provider_reference.clone(),
-                }));
-                store.append(key, entry.as_ref(), events)?;
-                let ticket = LiveTicket {
-                    attempt,
-                    issued: monotonic,
-                };
-                let previous = lock(&self.live).insert(key.clone(), ticket);
-                assert!(previous.is_none(), "a ticket is inserted only once per key");
-                Ok(Admission::Attempt {
-                    attempt,
-                    provider_reference,
-                })
-            }
-            Decision::InFlight { attempt } if !self.is_live(key) => {
+        let AttemptPlan {
+            attempt,
+            record_intent,
+        } = match decision.into_attempt() {
+            Ok(plan) => plan,
+            Err(Decision::InFlight { attempt }) if !self.is_live(key) => {
                 // Nobody will report this attempt's outcome.
                 store.append(
                     key,
@@ -203,10 +171,33 @@ impl KeyGate {
                         },
                     })],
                 )?;
-                Ok(Admission::Orphaned { attempt })
+                return Ok(Decision::AwaitingReconciliation { attempt });
             }
-            other => Ok(Admission::Decided(other)),
+            Err(other) => return Ok(other.widen()),
+        };
+        let provider_reference = ProviderReference::derive(key, attempt);
+        let mut events = Vec::with_capacity(2);
+        if record_intent {
+            events.push(event(EventKind::IntentRecorded {
+                intent: intent.clone(),
+                fingerprint,
+            }));
         }
+        events.push(event(EventKind::AttemptStarted {
+            attempt,
+            provider_reference: provider_reference.clone(),
+        }));
+        store.append(key, entry.as_ref(), events)?;
+        let ticket = LiveTicket {
+            attempt,
+            issued: monotonic,
+        };
+        let previous = lock(&self.live).insert(key.clone(), ticket);
+        assert!(previous.is_none(), "a ticket is inserted only once per key");
+        Ok(Decision::Attempt(StartedAttempt {
+            attempt,
+            provider_reference,
+        }))
     }
 }
 
@@ -220,9 +211,9 @@ mod shuttle_tests {
     use shuttle::sync::Arc;
 
     use super::*;
-    use crate::intent::Metadata;
-    use crate::key::{AccountId, Amount, Currency, CustomerRef};
-    use crate::payment::apply;
+    use crate::model::Metadata;
+    use crate::model::apply;
+    use crate::model::{AccountId, Amount, Currency, CustomerRef};
 
     #[derive(Default)]
     struct MemStore(Mutex<HashMap<IdempotencyKey, PaymentState>>);
@@ -281,18 +272,18 @@ mod shuttle_tests {
         let admissions: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         let attempts = admissions
             .iter()
-            .filter(|a| matches!(a, Admission::Attempt { .. }))
+            .filter(|a| matches!(a, Decision::Attempt(_)))
             .count();
         assert_eq!(attempts, 1, "{admissions:?}");
         for other in admissions
             .iter()
-            .filter(|a| !matches!(a, Admission::Attempt { .. }))
+            .filter(|a| !matches!(a, Decision::Attempt(_)))
         {
             assert_eq!(
                 other,
-                &Admission::Decided(Decision::InFlight {
+                &Decision::InFlight {
                     attempt: AttemptNumber::FIRST
-                })
+                }
             );
         }
     }
@@ -317,7 +308,7 @@ mod shuttle_tests {
                 let first = gate
                     .admit(&*store, &key, &intent(), UnixMillis(1), MonotonicMillis(1))
                     .unwrap();
-                assert!(matches!(first, Admission::Attempt { .. }));
+                assert!(matches!(first, Decision::Attempt(_)));
                 let dropper = {
                     let (gate, key) = (Arc::clone(&gate), key.clone());
                     shuttle::thread::spawn(move || {
@@ -337,7 +328,7 @@ mod shuttle_tests {
                 assert!(
                     matches!(
                         second,
-                        Admission::Decided(Decision::InFlight { .. }) | Admission::Orphaned { .. }
+                        Decision::InFlight { .. } | Decision::AwaitingReconciliation { .. }
                     ),
                     "{second:?}"
                 );

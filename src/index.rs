@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::journal::codec::{decode_value, encode_value};
 use crate::journal::format::{ChainHash, GENESIS_HASH};
-use crate::key::{IdempotencyKey, ProviderReference, UnixMillis};
-use crate::payment::{PaymentState, PhaseKind};
+use crate::model::{IdempotencyKey, ProviderReference, UnixMillis};
+use crate::model::{PaymentState, PhaseKind};
 
 /// Bumped whenever the index layout changes; an index of another version is rebuilt.
 const INDEX_FORMAT_VERSION: u64 = 2;

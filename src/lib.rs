@@ -23,7 +23,7 @@
 //! let state = PaymentState::new(key.clone());
 //! assert_eq!(
 //!     state.decide(&intent.fingerprint()),
-//!     Decision::StartAttempt { attempt: AttemptNumber::FIRST, record_intent: true }
+//!     Decision::Attempt(AttemptPlan { attempt: AttemptNumber::FIRST, record_intent: true })
 //! );
 //! # Ok::<(), payledger::InputError>(())
 //! ```
@@ -32,19 +32,15 @@
 
 pub mod clock;
 pub mod error;
-pub mod event;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod gate;
 mod index;
-pub mod intent;
 pub mod journal;
-pub mod key;
 pub mod ledger;
 pub mod limits;
-pub mod payment;
-pub mod policy;
+mod model;
 pub mod provider;
 pub mod reconcile;
 #[cfg(feature = "sim")]
@@ -57,28 +53,23 @@ mod sync;
 pub struct ReadmeDoctests;
 
 pub use clock::{Clock, ManualClock, MonotonicMillis, SystemClock};
-pub use error::{Error, FatalCause, InputError, Result};
-pub use event::{
-    Event, EventKind, EvidenceSource, Finding, NotFoundPolicy, NotSentReason, Outcome, QueryAnswer,
-    Resolution, ReviewReason, UnknownReason,
-};
-pub use intent::{Fingerprint, Intent, Metadata};
+pub use error::{Error, FatalCause, Result};
 #[cfg(feature = "sim")]
 pub use journal::simdisk::{CrashMode, SimDisk};
 pub use journal::storage::{FsStorage, Storage};
 pub use journal::{Appended, Journal, JournalConfig, RecoveryReport, TornTail, VerifyReport};
-pub use key::{
-    AccountId, Amount, AttemptNumber, Currency, CustomerRef, DeclineCode, Description,
-    IdempotencyKey, Note, Operator, ProviderReference, Sequence, TransactionId, UnixMillis,
-};
+
 pub use ledger::{
     Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry, IndexRecovery, Ledger,
     LedgerConfig, OpenReport, Ticket,
 };
-pub use payment::{
-    Contradiction, Decision, IntentSummary, PaymentState, Phase, PhaseKind, Rejection,
-    RejectionReason, Verdict, apply,
+pub use model::{
+    AccountId, Amount, AttemptNumber, AttemptPlan, Contradiction, Currency, CustomerRef, Decision,
+    DeclineCode, Description, Event, EventKind, EvidenceSource, Finding, Fingerprint,
+    IdempotencyKey, InputError, Intent, IntentSummary, Metadata, NotFoundPolicy, NotSentReason,
+    Note, Operator, Outcome, PaymentState, Phase, PhaseKind, ProviderReference, QueryAnswer,
+    ReconcileConfig, Rejection, RejectionReason, Resolution, ReviewReason, Sequence, TransactionId,
+    UnixMillis, UnknownReason, Verdict, apply,
 };
-pub use policy::ReconcileConfig;
 pub use provider::{ChargeReply, ChargeRequest, Provider, QueryReply};
 pub use reconcile::{ReconcileReport, Reconciler};

@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use crate::event::{NotFoundPolicy, NotSentReason, Outcome, QueryAnswer, UnknownReason};
-use crate::intent::Intent;
-use crate::key::{
+use crate::model::Intent;
+use crate::model::{
     AccountId, Amount, AttemptNumber, Currency, CustomerRef, DeclineCode, Description,
     ProviderReference, TransactionId,
 };
+use crate::model::{NotFoundPolicy, NotSentReason, Outcome, QueryAnswer, UnknownReason};
 
 /// What is sent to the provider for one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]

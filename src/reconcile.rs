@@ -10,9 +10,9 @@
 //!   and then queried like any other.
 
 use crate::error::Result;
-use crate::key::ProviderReference;
 use crate::ledger::Ledger;
-use crate::payment::Phase;
+use crate::model::Phase;
+use crate::model::ProviderReference;
 use crate::provider::Provider;
 
 /// What one reconciler pass did.

@@ -66,7 +66,7 @@ enum Command {
     List {
         /// Ledger directory.
         dir: PathBuf,
-        /// unknown, review, conflict, succeeded, declined, in-flight, ready, exhausted.
+        /// unknown, in-review, conflict, succeeded, declined, in-flight, ready, exhausted.
         #[arg(long)]
         state: PhaseKind,
         /// Start after this key (the last key of the previous page).
@@ -366,7 +366,7 @@ fn list(
         eprintln!(
             "next page: payledger list {} --state {} --after '{}' --limit {limit}",
             dir.display(),
-            state.cli_name(),
+            state.name(),
             last.key
         );
     }
@@ -431,7 +431,7 @@ fn stats(dir: &Path) -> payledger::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     for (kind, count) in ledger.counts() {
         if kind != PhaseKind::Vacant {
-            let _ = writeln!(out, "{:<10} {count}", kind.cli_name());
+            let _ = writeln!(out, "{:<10} {count}", kind.name());
         }
     }
     let oldest = health.oldest_unknown_ms.map_or("none".to_string(), |ms| {

@@ -8,8 +8,8 @@
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::limits::RECORD_PAYLOAD_LEN_MAX;
+use crate::model::Event;
 
 /// The event format this code writes.
 pub const EVENT_FORMAT_V1: u8 = 1;

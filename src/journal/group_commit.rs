@@ -21,10 +21,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::error::{Error, FatalCause, Result};
-use crate::key::Sequence;
 use crate::limits::{
     ATOMIC_RECORDS_MAX, COMMIT_BATCH_RECORDS_MAX, COMMIT_QUEUE_LEN_MAX, RECORD_PAYLOAD_LEN_MAX,
 };
+use crate::model::Sequence;
 
 use super::format::{
     ChainHash, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, encode_record,

@@ -32,9 +32,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
-use crate::error::{Error, InputError, Result};
-use crate::key::Sequence;
+use crate::error::{Error, Result};
 use crate::limits::{SEGMENT_LEN_DEFAULT, SEGMENT_LEN_MAX, SEGMENT_LEN_MIN};
+use crate::model::InputError;
+use crate::model::Sequence;
 use format::{ChainHash, GENESIS_HASH, SEGMENT_HEADER_LEN, SegmentHeader};
 pub use group_commit::Appended;
 use group_commit::{CommitQueue, Writer};

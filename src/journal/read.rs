@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::key::Sequence;
+use crate::model::Sequence;
 
 use super::format::BadRecord;
 use super::segment::{Cursor, SegmentInfo, Step, corrupt, open_segment};

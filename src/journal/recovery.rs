@@ -12,8 +12,8 @@
 //!   page cache (a previous process's failed sync) is ever acknowledged again.
 
 use crate::error::{Error, Result};
-use crate::key::Sequence;
 use crate::limits::SEGMENT_LEN_MAX;
+use crate::model::Sequence;
 
 use super::RecoveryReport;
 use super::TornTail;

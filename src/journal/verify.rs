@@ -5,7 +5,7 @@
 //! per segment being checked, whatever the segment size.
 
 use crate::error::{Error, Result};
-use crate::key::Sequence;
+use crate::model::Sequence;
 
 use super::format::{BadRecord, ChainHash, GENESIS_HASH, SEGMENT_HEADER_LEN};
 use super::segment::{Cursor, SegmentInfo, Step, corrupt, open_segment};

@@ -11,17 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::event::{
+use crate::index::IndexEntry;
+use crate::model::Intent;
+use crate::model::{AttemptNumber, IdempotencyKey, Note, Operator, ProviderReference};
+use crate::model::{
     EventKind, EvidenceSource, Finding, Outcome, Resolution, UnknownReason, check_range,
 };
-use crate::gate::Admission;
-use crate::index::IndexEntry;
-use crate::intent::Intent;
-use crate::key::{AttemptNumber, IdempotencyKey, Note, Operator, ProviderReference};
-use crate::payment::{PaymentState, Phase, Rejection, Verdict};
+use crate::model::{PaymentState, Phase, Rejection, Verdict};
 use crate::provider::{ChargeRequest, Provider};
 
-use super::replies::{Begin, ChargeReport, EvidenceOutcome, begin_name};
+use super::replies::{Begin, ChargeReport, EvidenceOutcome};
 use super::{Ledger, Ticket, elapsed_us};
 
 impl Ledger {
@@ -37,30 +36,27 @@ impl Ledger {
         let _enter = span.enter();
         let started = Instant::now();
         self.writable()?;
-        let admission =
+        let decision =
             self.inner
                 .gate
                 .admit(self, key, intent, self.now(), self.monotonic_now())?;
-        let begin = match admission {
-            Admission::Attempt {
-                attempt,
-                provider_reference,
-            } => {
-                span.record("attempt", attempt.get());
-                span.record("provider_reference", provider_reference.as_str());
-                Begin::Attempt(Ticket {
-                    key: key.clone(),
-                    attempt,
-                    provider_reference,
-                    ledger: Arc::downgrade(&self.inner),
-                    lease_ms: self.inner.config.ticket_lease_ms,
-                    recorded: false,
-                })
+        let begin = decision.map_attempt(|started| {
+            span.record("attempt", started.attempt.get());
+            span.record("provider_reference", started.provider_reference.as_str());
+            Ticket {
+                key: key.clone(),
+                attempt: started.attempt,
+                provider_reference: started.provider_reference,
+                ledger: Arc::downgrade(&self.inner),
+                lease_ms: self.inner.config.ticket_lease_ms,
+                recorded: false,
             }
-            Admission::Orphaned { attempt } => Begin::AwaitingReconciliation { attempt },
-            Admission::Decided(decision) => Begin::from_decision(decision),
-        };
-        tracing::debug!(decision = ?begin_name(&begin), duration_us = elapsed_us(started), "begin");
+        });
+        tracing::debug!(
+            decision = begin.name(),
+            duration_us = elapsed_us(started),
+            "begin"
+        );
         Ok(begin)
     }
 
@@ -211,13 +207,13 @@ impl Ledger {
         let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
         check_range("deadline_ms", deadline_ms, 1, lease_ms - 1)?;
         let fingerprint = intent.fingerprint();
-        let ticket = match self.begin(key, intent)? {
-            Begin::Attempt(ticket) => ticket,
-            other => {
+        let ticket = match self.begin(key, intent)?.into_attempt() {
+            Ok(ticket) => ticket,
+            Err(other) => {
                 return Ok(ChargeReport {
                     called_provider: false,
                     outcome: None,
-                    decision: other.decision(),
+                    decision: other.widen(),
                 });
             }
         };

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
-use crate::error::InputError;
-use crate::event::check_range;
 use crate::journal::storage::{FsStorage, Storage};
 use crate::limits::{
     SEGMENT_LEN_DEFAULT, TICKET_LEASE_MS_DEFAULT, TICKET_LEASE_MS_MAX, TICKET_LEASE_MS_MIN,
 };
-use crate::policy::ReconcileConfig;
+use crate::model::InputError;
+use crate::model::ReconcileConfig;
+use crate::model::check_range;
 
 /// How a ledger is opened.
 #[derive(Clone, Debug)]

@@ -65,11 +65,11 @@ use std::time::Instant;
 
 use crate::clock::MonotonicMillis;
 use crate::error::{Error, Result};
-use crate::event::{Event, EventKind};
 use crate::gate::KeyGate;
 use crate::index::Index;
 use crate::journal::Journal;
-use crate::key::{AttemptNumber, IdempotencyKey, UnixMillis};
+use crate::model::{AttemptNumber, IdempotencyKey, UnixMillis};
+use crate::model::{Event, EventKind};
 
 pub use config::LedgerConfig;
 pub use replies::{

@@ -18,15 +18,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::error::{Error, InputError, Result};
-use crate::event::{EventKind, Outcome, UnknownReason};
+use crate::error::{Error, Result};
 use crate::gate::KeyGate;
 use crate::index::{Index, IndexEntry, IndexWatermark};
 use crate::journal::codec::decode_event;
 use crate::journal::{Journal, JournalConfig};
-use crate::key::{IdempotencyKey, Sequence};
 use crate::limits::LIST_LIMIT_MAX;
-use crate::payment::{PaymentState, Phase, PhaseKind, apply};
+use crate::model::InputError;
+use crate::model::{EventKind, Outcome, UnknownReason};
+use crate::model::{IdempotencyKey, Sequence};
+use crate::model::{PaymentState, Phase, PhaseKind, apply};
 
 use super::replies::{IndexRecovery, OpenReport};
 use super::write::{Watermark, started_reference};
@@ -232,7 +233,7 @@ impl Ledger {
         #[cfg(feature = "testing")]
         if self.inner.config.sabotage_forget_unknown_on_replay {
             return Outcome::NotSent {
-                reason: crate::event::NotSentReason::ConnectionRefused,
+                reason: crate::model::NotSentReason::ConnectionRefused,
             };
         }
         Outcome::Unknown {

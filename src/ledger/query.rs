@@ -5,14 +5,14 @@
 //! not be written shows as unknown (as the gate treats it), never as in flight.
 
 use crate::error::Result;
-use crate::event::{Event, UnknownReason};
 use crate::gate::GateStore;
 use crate::index::IndexEntry;
 use crate::journal::Journal;
 use crate::journal::codec::decode_event;
-use crate::key::{IdempotencyKey, Sequence, UnixMillis};
 use crate::limits::LIST_LIMIT_MAX;
-use crate::payment::{PaymentState, Phase, PhaseKind};
+use crate::model::{Event, UnknownReason};
+use crate::model::{IdempotencyKey, Sequence, UnixMillis};
+use crate::model::{PaymentState, Phase, PhaseKind};
 
 use super::Ledger;
 use super::replies::{Health, HistoryEntry};

@@ -12,10 +12,10 @@
 
 use crate::clock::MonotonicMillis;
 use crate::error::Result;
-use crate::event::{EventKind, Outcome, ReviewReason, UnknownReason};
-use crate::key::{AttemptNumber, IdempotencyKey};
-use crate::payment::{Phase, PhaseKind};
-use crate::policy::ReconcileConfig;
+use crate::model::ReconcileConfig;
+use crate::model::{AttemptNumber, IdempotencyKey};
+use crate::model::{EventKind, Outcome, ReviewReason, UnknownReason};
+use crate::model::{Phase, PhaseKind};
 use crate::provider::QueryReply;
 
 use super::{Ledger, lock};

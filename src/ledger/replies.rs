@@ -4,11 +4,10 @@
 //! Invariant: every outcome of normal operation is a value the caller must match (a reused key,
 //! a key in flight or awaiting reconciliation), never an error.
 
-use crate::event::{Event, Outcome};
-use crate::intent::Fingerprint;
 use crate::journal::{JournalStats, RecoveryReport};
-use crate::key::{Amount, AttemptNumber, DeclineCode, Sequence, TransactionId};
-use crate::payment::{Decision, Phase};
+use crate::model::Sequence;
+use crate::model::{Decision, Phase};
+use crate::model::{Event, Outcome};
 
 use super::Ticket;
 
@@ -42,131 +41,10 @@ pub struct OpenReport {
     pub orphaned_attempts: usize,
 }
 
-/// The gate's answer to `begin`. Every variant is a normal outcome the caller must handle.
-#[derive(Debug)]
-#[must_use = "an attempt ticket must be recorded; other answers must be relayed to the client"]
-pub enum Begin {
-    /// Call the provider now with this ticket's reference; the attempt is already durable.
-    Attempt(Ticket),
-    /// The key charged: reply with the stored result.
-    AlreadySucceeded {
-        /// The attempt that charged.
-        attempt: AttemptNumber,
-        /// The provider's id.
-        transaction_id: TransactionId,
-        /// The amount charged.
-        amount: Amount,
-    },
-    /// The key was declined: reply with the stored decline.
-    AlreadyDeclined {
-        /// The declined attempt.
-        attempt: AttemptNumber,
-        /// The provider's code.
-        code: DeclineCode,
-    },
-    /// Every allowed attempt provably failed without charging.
-    AttemptsExhausted {
-        /// The last attempt.
-        attempt: AttemptNumber,
-    },
-    /// Another request for this key holds the attempt right now.
-    InFlight {
-        /// The attempt.
-        attempt: AttemptNumber,
-    },
-    /// The outcome is unknown; the reconciler will settle it. Do not charge.
-    AwaitingReconciliation {
-        /// The attempt.
-        attempt: AttemptNumber,
-    },
-    /// A human is settling the key.
-    InReview {
-        /// The attempt.
-        attempt: AttemptNumber,
-    },
-    /// Evidence contradicts the ledger (a possible double charge); a human must act.
-    InConflict {
-        /// The attempt the evidence is about.
-        attempt: AttemptNumber,
-    },
-    /// The key was used for a different intent; nothing was appended.
-    KeyReused {
-        /// The fingerprint on record.
-        recorded: Fingerprint,
-        /// The fingerprint requested.
-        requested: Fingerprint,
-    },
-}
-
-impl Begin {
-    /// The decision this answer stands for, for relaying or logging (an attempt shows as
-    /// `StartAttempt`; its ticket stays with the caller).
-    pub fn decision(&self) -> Decision {
-        match self {
-            Begin::Attempt(ticket) => Decision::StartAttempt {
-                attempt: ticket.attempt,
-                record_intent: false,
-            },
-            Begin::AlreadySucceeded {
-                attempt,
-                transaction_id,
-                amount,
-            } => Decision::AlreadySucceeded {
-                attempt: *attempt,
-                transaction_id: transaction_id.clone(),
-                amount: *amount,
-            },
-            Begin::AlreadyDeclined { attempt, code } => Decision::AlreadyDeclined {
-                attempt: *attempt,
-                code: code.clone(),
-            },
-            Begin::AttemptsExhausted { attempt } => {
-                Decision::AttemptsExhausted { attempt: *attempt }
-            }
-            Begin::InFlight { attempt } => Decision::InFlight { attempt: *attempt },
-            Begin::AwaitingReconciliation { attempt } => {
-                Decision::AwaitingReconciliation { attempt: *attempt }
-            }
-            Begin::InReview { attempt } => Decision::InReview { attempt: *attempt },
-            Begin::InConflict { attempt } => Decision::InConflict { attempt: *attempt },
-            Begin::KeyReused {
-                recorded,
-                requested,
-            } => Decision::KeyReused {
-                recorded: *recorded,
-                requested: *requested,
-            },
-        }
-    }
-
-    pub(crate) fn from_decision(decision: Decision) -> Self {
-        match decision {
-            Decision::AlreadySucceeded {
-                attempt,
-                transaction_id,
-                amount,
-            } => Begin::AlreadySucceeded {
-                attempt,
-                transaction_id,
-                amount,
-            },
-            Decision::AlreadyDeclined { attempt, code } => Begin::AlreadyDeclined { attempt, code },
-            Decision::AttemptsExhausted { attempt } => Begin::AttemptsExhausted { attempt },
-            Decision::InFlight { attempt } => Begin::InFlight { attempt },
-            Decision::AwaitingReconciliation { attempt }
-            | Decision::StartAttempt { attempt, .. } => Begin::AwaitingReconciliation { attempt },
-            Decision::InReview { attempt } => Begin::InReview { attempt },
-            Decision::InConflict { attempt } => Begin::InConflict { attempt },
-            Decision::KeyReused {
-                recorded,
-                requested,
-            } => Begin::KeyReused {
-                recorded,
-                requested,
-            },
-        }
-    }
-}
+/// The gate's answer to `begin`: a [`Decision`] whose attempt comes with its [`Ticket`]. Every
+/// variant is a normal outcome the caller must handle; on `Attempt` the attempt is already
+/// durable and the ticket must be recorded.
+pub type Begin = Decision<Ticket>;
 
 /// What `charge_once` did.
 #[derive(Debug)]
@@ -222,19 +100,4 @@ pub struct Health {
     pub last_sequence: Sequence,
     /// Journal sync figures since open.
     pub journal: JournalStats,
-}
-
-/// A short name of a `begin` answer, for logs.
-pub(crate) fn begin_name(begin: &Begin) -> &'static str {
-    match begin {
-        Begin::Attempt(_) => "attempt",
-        Begin::AlreadySucceeded { .. } => "already succeeded",
-        Begin::AlreadyDeclined { .. } => "already declined",
-        Begin::AttemptsExhausted { .. } => "attempts exhausted",
-        Begin::InFlight { .. } => "in flight",
-        Begin::AwaitingReconciliation { .. } => "awaiting reconciliation",
-        Begin::InReview { .. } => "in review",
-        Begin::InConflict { .. } => "in conflict",
-        Begin::KeyReused { .. } => "key reused",
-    }
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Weak;
 
-use crate::key::{AttemptNumber, IdempotencyKey, ProviderReference};
+use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference};
 
 use super::Inner;
 

@@ -14,13 +14,13 @@ use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
-use crate::event::{Event, EventKind};
 use crate::index::{IndexEntry, IndexWatermark};
 use crate::journal::codec::encode_event;
 use crate::journal::format::{ChainHash, GENESIS_HASH};
-use crate::key::{AttemptNumber, IdempotencyKey, ProviderReference, Sequence, UnixMillis};
 use crate::limits::UNKNOWN_WAITS_MAX;
-use crate::payment::{PaymentState, Phase, apply};
+use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference, Sequence, UnixMillis};
+use crate::model::{Event, EventKind};
+use crate::model::{PaymentState, Phase, apply};
 
 use super::{Ledger, UnknownWait, lock};
 

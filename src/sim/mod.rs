@@ -22,19 +22,20 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::{Clock, ManualClock};
-use crate::error::{Error, InputError, Result};
-use crate::event::{EvidenceSource, Finding, NotFoundPolicy};
-use crate::intent::{Intent, Metadata};
+use crate::error::{Error, Result};
 use crate::journal::codec::decode_event;
 use crate::journal::simdisk::{CrashMode, SimDisk};
-use crate::key::{
+use crate::ledger::{Begin, Ledger, LedgerConfig, Ticket};
+use crate::limits::VISIBILITY_DELAY_MS_MIN;
+use crate::model::InputError;
+use crate::model::ReconcileConfig;
+use crate::model::{
     AccountId, Amount, Currency, CustomerRef, IdempotencyKey, ProviderReference, Sequence,
     TransactionId, UnixMillis,
 };
-use crate::ledger::{Begin, Ledger, LedgerConfig, Ticket};
-use crate::limits::VISIBILITY_DELAY_MS_MIN;
-use crate::payment::{PaymentState, Phase, PhaseKind, apply};
-use crate::policy::ReconcileConfig;
+use crate::model::{EvidenceSource, Finding, NotFoundPolicy};
+use crate::model::{Intent, Metadata};
+use crate::model::{PaymentState, Phase, PhaseKind, apply};
 use crate::provider::{ChargeReply, ChargeRequest, Provider};
 use crate::reconcile::Reconciler;
 use provider::{Pending, ProviderPanic, ProviderState, SimProvider, Truth};
@@ -283,7 +284,7 @@ impl fmt::Display for SimReport {
         writeln!(
             f,
             "reviews: {}",
-            self.final_phases.get("in review").copied().unwrap_or(0)
+            self.final_phases.get("in-review").copied().unwrap_or(0)
         )?;
         writeln!(
             f,
@@ -626,7 +627,7 @@ impl World {
             } => {
                 self.count("records");
                 let outcome = reply.classify();
-                let unknown = matches!(outcome, crate::event::Outcome::Unknown { .. });
+                let unknown = matches!(outcome, crate::model::Outcome::Unknown { .. });
                 if let Err(e) = self.ledger()?.record(ticket, outcome) {
                     self.ledger_failed(e);
                 } else if unknown && self.config.sabotage().retry_with_new_key {
@@ -853,7 +854,7 @@ impl World {
                     continue;
                 };
                 for attempt in 1..=state.attempts_started {
-                    let Ok(attempt) = crate::key::AttemptNumber::new(attempt) else {
+                    let Ok(attempt) = crate::model::AttemptNumber::new(attempt) else {
                         continue;
                     };
                     match truth.get(ProviderReference::derive(key, attempt).as_str()) {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::event::{NotSentReason, UnknownReason};
-use crate::key::{ProviderReference, UnixMillis};
+use crate::model::{NotSentReason, UnknownReason};
+use crate::model::{ProviderReference, UnixMillis};
 use crate::provider::{ChargeReply, ChargeRequest, Provider, QueryReply};
 
 use super::Profile;

@@ -9,10 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::InputError;
-use crate::key::{
-    AccountId, Amount, Currency, CustomerRef, Description, check_identifier, check_text,
-};
+use super::input::{InputError, check_identifier, check_text};
+use super::key::{AccountId, Amount, Currency, CustomerRef, Description};
 use crate::limits::{METADATA_ENTRIES_MAX, METADATA_KEY_LEN_MAX, METADATA_VALUE_LEN_MAX};
 
 /// Free-form key/value pairs attached to an intent: at most 50 entries, keys of 1 to 40 bytes

@@ -6,9 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::InputError;
-use crate::intent::{Fingerprint, Intent};
-use crate::key::{
+use super::input::{InputError, check_range};
+use super::intent::{Fingerprint, Intent};
+use super::key::{
     Amount, AttemptNumber, DeclineCode, IdempotencyKey, Note, Operator, ProviderReference,
     TransactionId, UnixMillis,
 };
@@ -308,25 +308,6 @@ impl NotFoundPolicy {
     pub fn wait_ms(&self) -> u64 {
         self.visibility_delay_ms
             .saturating_add(self.clock_skew_margin_ms)
-    }
-}
-
-/// `value` within `min..=max`, else a typed configuration error naming `field`.
-pub(crate) fn check_range(
-    field: &'static str,
-    value: u64,
-    min: u64,
-    max: u64,
-) -> Result<(), InputError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(InputError::Config {
-            field,
-            value,
-            min,
-            max,
-        })
     }
 }
 

@@ -1,11 +1,12 @@
 //! Fold cases as given/when/then, one for every (phase, event kind) pair, plus the rules that
 //! need more than one step.
 
+use super::event::{NotSentReason, QueryAnswer};
+use super::intent::{Intent, Metadata};
+use super::key::{AccountId, CustomerRef, Note, Operator};
 use super::*;
-use crate::event::{NotSentReason, QueryAnswer};
-use crate::intent::{Intent, Metadata};
-use crate::key::{AccountId, CustomerRef, Note, Operator};
 use crate::limits::ATTEMPTS_MAX;
+use crate::model::AttemptPlan;
 
 const T0: u64 = 1_000_000;
 
@@ -165,7 +166,7 @@ fn given(phase: &str) -> Vec<Event> {
     };
     match phase {
         "unknown" => events.push(outcome(1, timeout())),
-        "in review" => events.extend([outcome(1, timeout()), escalated(1)]),
+        "in-review" => events.extend([outcome(1, timeout()), escalated(1)]),
         "succeeded" => events.push(outcome(1, succeeded_outcome("tx_1"))),
         "declined" => events.push(outcome(1, declined_outcome())),
         "conflict" => events.extend([
@@ -312,7 +313,7 @@ fn ready_starts_the_next_attempt_and_nothing_else() {
 
 #[test]
 fn in_flight_refuses_a_second_attempt_and_takes_the_outcome() {
-    let g = || given("in flight");
+    let g = || given("in-flight");
     check(g(), recorded(), Err(R::IntentAlreadyRecorded));
     check(g(), started(2), Err(R::AttemptUnresolved { attempt: 1 }));
     check(
@@ -379,7 +380,7 @@ fn unknown_is_left_only_through_evidence_or_an_operator() {
 
 #[test]
 fn in_review_waits_for_evidence_or_an_operator() {
-    let g = || given("in review");
+    let g = || given("in-review");
     check(g(), recorded(), Err(R::IntentAlreadyRecorded));
     check(g(), started(2), Err(R::AttemptUnresolved { attempt: 1 }));
     check(
@@ -628,9 +629,9 @@ fn failed_queries_count_but_never_settle() {
 #[test]
 fn in_review_ignores_not_found() {
     check(
-        given("in review"),
+        given("in-review"),
         queried(1_000_000, 1, not_found(1_000, 1)),
-        Ok(phase_of("in review")),
+        Ok(phase_of("in-review")),
     );
 }
 
@@ -716,7 +717,7 @@ fn a_charge_of_the_wrong_amount_is_a_conflict() {
         transaction_id: txn("tx_1"),
         amount: Amount::new(999).unwrap(),
     };
-    let state = PaymentState::fold(key(), &given("in flight")).unwrap();
+    let state = PaymentState::fold(key(), &given("in-flight")).unwrap();
     let next = apply(&state, &outcome(1, wrong)).unwrap();
     assert_eq!(next.phase.name(), "conflict");
     assert_eq!(
@@ -747,7 +748,7 @@ fn operator_must_charge_the_intent_amount() {
         amount: Amount::new(5).unwrap(),
     };
     check(
-        given("in review"),
+        given("in-review"),
         resolved(1, wrong),
         Err(R::AmountMismatch {
             expected: 1_000,
@@ -759,7 +760,7 @@ fn operator_must_charge_the_intent_amount() {
         amount: amount(),
     };
     check(
-        given("in review"),
+        given("in-review"),
         resolved(1, right),
         Ok(succeeded_phase("tx_1")),
     );
@@ -787,7 +788,7 @@ fn attempts_are_numbered_without_gaps_with_derived_references() {
 
 #[test]
 fn not_sent_allows_the_next_attempt_until_the_bound() {
-    let mut events = given("in flight");
+    let mut events = given("in-flight");
     events.push(outcome(
         1,
         Outcome::NotSent {
@@ -819,7 +820,7 @@ fn events_for_another_key_or_a_forged_fingerprint_are_refused() {
         0,
         EventKind::IntentRecorded {
             intent: intent(),
-            fingerprint: crate::intent::Fingerprint([7; 32]),
+            fingerprint: super::intent::Fingerprint([7; 32]),
         },
     );
     check(vec![], forged, Err(R::FingerprintMismatch));
@@ -827,11 +828,11 @@ fn events_for_another_key_or_a_forged_fingerprint_are_refused() {
 
 #[test]
 fn rejection_names_the_transition() {
-    let state = PaymentState::fold(key(), &given("in flight")).unwrap();
+    let state = PaymentState::fold(key(), &given("in-flight")).unwrap();
     let err = apply(&state, &started(2)).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "attempt started refused while in flight: attempt 1 may have charged and is not resolved"
+        "attempt started refused while in-flight: attempt 1 may have charged and is not resolved"
     );
 }
 
@@ -845,24 +846,24 @@ fn decisions_cover_every_phase() {
     };
     assert_eq!(
         decide("vacant"),
-        Decision::StartAttempt {
+        Decision::Attempt(AttemptPlan {
             attempt: n(1),
             record_intent: true
-        }
+        })
     );
     assert_eq!(
         decide("ready"),
-        Decision::StartAttempt {
+        Decision::Attempt(AttemptPlan {
             attempt: n(1),
             record_intent: false
-        }
+        })
     );
-    assert_eq!(decide("in flight"), Decision::InFlight { attempt: n(1) });
+    assert_eq!(decide("in-flight"), Decision::InFlight { attempt: n(1) });
     assert_eq!(
         decide("unknown"),
         Decision::AwaitingReconciliation { attempt: n(1) }
     );
-    assert_eq!(decide("in review"), Decision::InReview { attempt: n(1) });
+    assert_eq!(decide("in-review"), Decision::InReview { attempt: n(1) });
     assert_eq!(
         decide("succeeded"),
         Decision::AlreadySucceeded {

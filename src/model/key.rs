@@ -8,62 +8,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::InputError;
+use super::input::{InputError, check_identifier, check_len, check_text};
 use crate::limits::{
     ACCOUNT_ID_LEN_MAX, AMOUNT_MINOR_MAX, ATTEMPTS_MAX, CURRENCY_LEN, CUSTOMER_REF_LEN_MAX,
     DECLINE_CODE_LEN_MAX, DESCRIPTION_LEN_MAX, IDEMPOTENCY_KEY_LEN_MAX, NOTE_LEN_MAX,
     OPERATOR_LEN_MAX, PROVIDER_REFERENCE_LEN_MAX, TRANSACTION_ID_LEN_MAX,
 };
-
-/// Checks that `s` is `min..=max` bytes of visible ASCII (0x21–0x7E). Identifiers travel in
-/// HTTP headers and shell arguments, where spaces and control characters cause grief.
-pub(crate) fn check_identifier(
-    field: &'static str,
-    s: &str,
-    min: usize,
-    max: usize,
-) -> Result<(), InputError> {
-    check_len(field, s, min, max)?;
-    match s.bytes().position(|b| !b.is_ascii_graphic()) {
-        Some(index) => Err(InputError::Character {
-            field,
-            index,
-            expected: "printable ASCII without spaces (0x21 to 0x7E)",
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Checks that `s` is `min..=max` bytes of UTF-8 text without control characters.
-pub(crate) fn check_text(
-    field: &'static str,
-    s: &str,
-    min: usize,
-    max: usize,
-) -> Result<(), InputError> {
-    check_len(field, s, min, max)?;
-    match s.char_indices().find(|(_, c)| c.is_control()) {
-        Some((index, _)) => Err(InputError::Character {
-            field,
-            index,
-            expected: "text without control characters",
-        }),
-        None => Ok(()),
-    }
-}
-
-fn check_len(field: &'static str, s: &str, min: usize, max: usize) -> Result<(), InputError> {
-    if (min..=max).contains(&s.len()) {
-        Ok(())
-    } else {
-        Err(InputError::Length {
-            field,
-            len: s.len(),
-            min,
-            max,
-        })
-    }
-}
 
 /// Declares a validated string newtype: constructor, accessors, `Display`, and serde through
 /// the same validation.

@@ -5,11 +5,12 @@
 //! Invariant: every `ReconcileConfig` in existence passed [`ReconcileConfig::new`]'s checks (or
 //! is the default), so a zero visibility delay or zero required answers cannot be configured.
 
-use crate::error::InputError;
-use crate::event::{NotFoundPolicy, check_range};
-use crate::key::{IdempotencyKey, UnixMillis};
+use super::event::NotFoundPolicy;
+use super::input::InputError;
+use super::input::check_range;
+use super::key::{IdempotencyKey, UnixMillis};
+use super::state::Phase;
 use crate::limits::{BACKOFF_MS_MAX, QUERIES_MAX, RECONCILE_BATCH_MAX};
-use crate::payment::Phase;
 
 /// How unknown outcomes are reconciled: when "not found" may be trusted, how often to ask, when
 /// to give up and escalate to review. Validated on construction.
