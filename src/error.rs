@@ -1,8 +1,14 @@
-//! The public error types.
+//! The public error types: [`Error`], and the typed kinds inside it ([`Corruption`],
+//! [`CodecError`], [`TooLarge`], [`IndexError`]) so that callers and tests match on values,
+//! never on message text.
 //!
-//! Invariant: expected outcomes of normal operation (a duplicate request, a key reused with a
-//! different intent, a key awaiting reconciliation) are *values* returned by the gate, never
-//! errors. An [`Error`] means the caller's input was invalid or the ledger cannot do its job.
+//! Invariants:
+//! - expected outcomes of normal operation (a duplicate request, a key reused with a different
+//!   intent, a key awaiting reconciliation) are *values* returned by the gate, never errors; an
+//!   [`Error`] means the caller's input was invalid or the ledger cannot do its job;
+//! - every error that stops the journal or the index carries the failure that stopped it
+//!   ([`FatalCause`]: what was being done, with the file, and the I/O error with its errno);
+//! - a cause appears once in an error chain: either in the message or as `source()`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -15,12 +21,12 @@ use crate::model::{InputError, Rejection, Sequence};
 #[non_exhaustive]
 pub enum Error {
     /// Caller or provider input was invalid.
-    #[error("invalid input")]
-    Input(#[from] InputError),
+    #[error("invalid input: {0}")]
+    Input(InputError),
 
     /// The fold refused an event: appending it would allow an illegal state.
-    #[error("event refused")]
-    Rejected(#[from] Rejection),
+    #[error("event refused: {0}")]
+    Rejected(Rejection),
 
     /// Another process or handle owns the ledger directory.
     #[error("{} is locked by another process or handle", dir.display())]
@@ -38,14 +44,14 @@ pub enum Error {
 
     /// Bytes on disk are not what was written: a checksum, chain, sequence or header check
     /// failed somewhere other than a torn tail. Nothing is skipped: the journal refuses to open.
-    #[error("journal corrupt in segment {segment} at offset {offset}: {what}")]
+    #[error("journal corrupt in segment {segment} at offset {offset}: {kind}")]
     Corrupt {
         /// Segment number.
         segment: u64,
         /// Byte offset inside the segment file.
         offset: u64,
         /// Which check failed.
-        what: String,
+        kind: Corruption,
     },
 
     /// The write or sync covering this append failed (or the storage panicked): the append may
@@ -95,25 +101,21 @@ pub enum Error {
         journal_last: Sequence,
     },
 
-    /// One append is larger than a record or segment can hold.
-    #[error("append too large: {what}")]
-    TooLarge {
-        /// Which bound was exceeded.
-        what: String,
-    },
+    /// One append is larger than a record or segment can hold; nothing was written.
+    #[error("append too large: {0}")]
+    TooLarge(TooLarge),
 
     /// A record payload could not be encoded or decoded.
-    #[error("codec: {what}")]
-    Codec {
-        /// What failed.
-        what: String,
-    },
+    #[error("codec: {0}")]
+    Codec(CodecError),
 
     /// The sled index failed; the journal is unaffected and the index can be rebuilt.
-    #[error("index: {what}")]
+    #[error("index {}: {kind}", index.display())]
     Index {
+        /// The index directory.
+        index: PathBuf,
         /// What failed.
-        what: String,
+        kind: IndexError,
     },
 
     /// The simulator has no open ledger to drive (its own bug, reported rather than panicking).
@@ -131,17 +133,23 @@ pub enum Error {
 
     /// The index could not be updated after a durable append; the ledger refuses further work
     /// until reopened, which catches the index up from the journal.
-    #[error("index update failed earlier; reopen the ledger")]
-    IndexFailed,
+    #[error("the index could not be updated after a durable append; the ledger stopped, reopen it")]
+    IndexFailed {
+        /// The first index failure.
+        #[source]
+        cause: FatalCause,
+    },
 
-    /// The journal holds an event the fold refuses: the journal was written by something other
-    /// than this ledger, or a bug let an illegal event through. Nothing is skipped.
-    #[error("journal event at sequence {sequence} is inconsistent: {what}")]
+    /// The journal holds an event the fold refuses or cannot decode: the journal was written
+    /// by something other than this ledger, or a bug let an illegal event through. Nothing is
+    /// skipped.
+    #[error("journal event at sequence {sequence} is inconsistent")]
     Inconsistent {
         /// The event's sequence.
-        sequence: u64,
-        /// What is wrong.
-        what: String,
+        sequence: Sequence,
+        /// What is wrong with it (a [`Error::Codec`] or [`Error::Rejected`]).
+        #[source]
+        cause: Box<Error>,
     },
 
     /// A ticket was presented to a ledger that did not issue it, or twice.
@@ -164,6 +172,30 @@ pub enum Error {
     },
 }
 
+impl From<InputError> for Error {
+    fn from(error: InputError) -> Self {
+        Error::Input(error)
+    }
+}
+
+impl From<Rejection> for Error {
+    fn from(rejection: Rejection) -> Self {
+        Error::Rejected(rejection)
+    }
+}
+
+impl From<TooLarge> for Error {
+    fn from(too_large: TooLarge) -> Self {
+        Error::TooLarge(too_large)
+    }
+}
+
+impl From<CodecError> for Error {
+    fn from(error: CodecError) -> Self {
+        Error::Codec(error)
+    }
+}
+
 impl Error {
     /// Wraps an I/O error with what was being done.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -172,6 +204,235 @@ impl Error {
             source,
         }
     }
+}
+
+/// Which check failed on bytes read from a journal segment.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// The segment file is shorter than its header.
+    #[error("segment shorter than its header")]
+    HeaderTruncated,
+    /// The header does not start with the segment magic.
+    #[error("bad magic: not a payledger segment")]
+    BadMagic,
+    /// The header names a format version this code does not read.
+    #[error("unsupported segment format version {version}")]
+    UnknownVersion {
+        /// The version found.
+        version: u32,
+    },
+    /// The header's crc does not match.
+    #[error("header crc mismatch")]
+    HeaderCrc,
+    /// The header's first sequence is 0 or above [`crate::limits::SEQUENCE_MAX`].
+    #[error("first sequence {first} out of range 1..=2^62")]
+    FirstSequence {
+        /// The first sequence found.
+        first: u64,
+    },
+    /// The header's segment number differs from the file name's.
+    #[error("header says segment {header}")]
+    SegmentNumber {
+        /// The number in the header.
+        header: u64,
+    },
+    /// A segment between the first and the last is missing.
+    #[error("segment {missing} is missing")]
+    SegmentMissing {
+        /// The missing segment's number.
+        missing: u64,
+    },
+    /// A segment's first sequence is below its predecessor's.
+    #[error("first sequence goes backwards")]
+    FirstSequenceBackwards,
+    /// A segment file is longer than any segment may be.
+    #[error("segment is {len} bytes, longer than the limit")]
+    SegmentTooLong {
+        /// Its length.
+        len: u64,
+    },
+    /// A segment does not continue where its predecessor ends.
+    #[error(
+        "segment starts at sequence {first} but the previous segment ends at {previous_last} or its chain head differs"
+    )]
+    SegmentLink {
+        /// The segment's first sequence.
+        first: u64,
+        /// The previous segment's last sequence.
+        previous_last: u64,
+    },
+    /// Fewer bytes remain than a record header needs.
+    #[error("{available} bytes left, a record header needs 52")]
+    RecordHeaderCut {
+        /// Bytes left.
+        available: usize,
+    },
+    /// A record's length field is 0 or above the payload limit.
+    #[error("payload length {len} out of range")]
+    PayloadLength {
+        /// The length field.
+        len: u64,
+    },
+    /// A record ends beyond the bytes available.
+    #[error("record of {len} bytes cut off after {available}")]
+    RecordCut {
+        /// The record's length.
+        len: usize,
+        /// Bytes available.
+        available: usize,
+    },
+    /// A record's crc does not match.
+    #[error("record crc mismatch")]
+    RecordCrc,
+    /// An intact record has another sequence than the next one.
+    #[error("sequence {found} where {expected} was expected")]
+    SequenceGap {
+        /// The sequence expected.
+        expected: u64,
+        /// The sequence found.
+        found: u64,
+    },
+    /// An intact record's chain hash does not link to its predecessor.
+    #[error("chain hash does not link to the previous record")]
+    BrokenChain,
+    /// A record of an atomic append says another count of records follows.
+    #[error("batch expects {expected} more records, record says {found}")]
+    BatchMismatch {
+        /// Records the append still expects.
+        expected: u32,
+        /// Records this record says follow.
+        found: u32,
+    },
+    /// The record sequence would overflow.
+    #[error("sequence overflows")]
+    SequenceOverflow,
+    /// Damage followed by an intact record: not a torn tail.
+    #[error("damaged record ({damage}), followed by an intact record at offset {intact_at}")]
+    DamageBeforeIntact {
+        /// What is wrong with the damaged record.
+        damage: Box<Corruption>,
+        /// Where the intact record starts.
+        intact_at: u64,
+    },
+    /// The records of an atomic append stop before its last record.
+    #[error("atomic append cut short")]
+    AppendCutShort,
+    /// The journal ends before the sequence it reported durable.
+    #[error("journal ends at sequence {ends_at} but {written} were written")]
+    EndsEarly {
+        /// Where the records end.
+        ends_at: u64,
+        /// The durable sequence.
+        written: u64,
+    },
+}
+
+/// Why a payload could not be encoded or decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The payload is empty.
+    #[error("empty payload")]
+    Empty,
+    /// The payload's format version is not one this code reads.
+    #[error("unknown event format version {version}")]
+    UnknownVersion {
+        /// The version byte.
+        version: u8,
+    },
+    /// The bytes are not an event of the format (bincode's description).
+    #[error("malformed event: {detail}")]
+    Malformed {
+        /// What the decoder said.
+        detail: String,
+    },
+    /// Bytes follow the event.
+    #[error("{count} trailing bytes after the event")]
+    TrailingBytes {
+        /// How many.
+        count: usize,
+    },
+    /// A value could not be encoded (bincode's description).
+    #[error("encoding failed: {detail}")]
+    Encode {
+        /// What the encoder said.
+        detail: String,
+    },
+    /// A derived value in the index could not be decoded.
+    #[error("malformed index value: {detail}")]
+    MalformedIndexValue {
+        /// What the decoder said.
+        detail: String,
+    },
+}
+
+/// Which bound an append exceeds.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TooLarge {
+    /// Too many (or no) records in one atomic append.
+    #[error("{count} records in one append, 1 to {max} allowed")]
+    Records {
+        /// Records given.
+        count: usize,
+        /// Records allowed.
+        max: usize,
+    },
+    /// A payload is empty or larger than a record may hold.
+    #[error("payload of {len} bytes, 1 to {max} allowed")]
+    Payload {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The append does not fit one segment.
+    #[error("append of {bytes} bytes does not fit a {segment_len}-byte segment")]
+    Append {
+        /// Bytes of the append with a segment header.
+        bytes: u64,
+        /// The configured segment length.
+        segment_len: u64,
+    },
+    /// One encoded event is larger than a record may hold.
+    #[error("event of {len} bytes, limit {max}")]
+    Event {
+        /// Its encoded length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// What failed in the sled index.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    /// Another process holds the index.
+    #[error("is locked by another process")]
+    Locked,
+    /// sled reported an error (its description).
+    #[error("sled: {detail}")]
+    Sled {
+        /// What sled said.
+        detail: String,
+    },
+    /// A freshly created index is unusable.
+    #[error("fresh index unusable: {reason}")]
+    FreshUnusable {
+        /// Why.
+        reason: String,
+    },
+    /// An entry of the index is not what this code writes.
+    #[error("malformed entry: {what}")]
+    Malformed {
+        /// Which entry.
+        what: &'static str,
+    },
+    /// The index was not opened with the journal (a bug).
+    #[error("not opened with the journal")]
+    NotOpened,
 }
 
 /// The failure that stopped the journal or the index: what was being done (with the file) and

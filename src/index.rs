@@ -15,14 +15,14 @@
 //!   (u64 BE) followed by the chain hash of that record (32 bytes), so that an index is tied to
 //!   its journal: an index of another journal, or of a later copy, is recognised on open.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IndexError, Result};
 use crate::journal::codec::{decode_value, encode_value};
 use crate::journal::format::{ChainHash, GENESIS_HASH};
-use crate::model::{IdempotencyKey, ProviderReference, UnixMillis};
+use crate::model::{IdempotencyKey, ProviderReference, Sequence, UnixMillis};
 use crate::model::{PaymentState, PhaseKind};
 
 /// Bumped whenever the index layout changes; an index of another version is rebuilt.
@@ -38,7 +38,7 @@ const SLED_SNAPSHOT_PREFIX: &str = "snap.";
 /// and the chain hash of that record (zeros for an empty journal).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IndexWatermark {
-    pub sequence: u64,
+    pub sequence: Sequence,
     pub chain_hash: ChainHash,
 }
 
@@ -48,7 +48,7 @@ pub struct IndexEntry {
     /// The key's state after its last event.
     pub state: PaymentState,
     /// Journal sequence of that event.
-    pub last_sequence: u64,
+    pub last_sequence: Sequence,
     /// When the reconciler should next query the provider (unknown keys only), on the wall
     /// clock: a step of it only moves queries earlier or later, never decides anything.
     pub next_query_at: Option<UnixMillis>,
@@ -62,6 +62,7 @@ pub(crate) struct StoredEvent {
 
 #[derive(Debug)]
 pub(crate) struct Index {
+    path: PathBuf,
     db: sled::Db,
     states: sled::Tree,
     phases: sled::Tree,
@@ -71,9 +72,18 @@ pub(crate) struct Index {
     meta: sled::Tree,
 }
 
-fn index_error(what: impl std::fmt::Display) -> Error {
+/// An index error naming the index directory.
+fn index_error(path: &Path, kind: IndexError) -> Error {
     Error::Index {
-        what: what.to_string(),
+        index: path.to_path_buf(),
+        kind,
+    }
+}
+
+/// What sled said, as an index error kind.
+fn sled_error(error: sled::Error) -> IndexError {
+    IndexError::Sled {
+        detail: error.to_string(),
     }
 }
 
@@ -106,27 +116,39 @@ fn listed_as(state: &PaymentState) -> impl Iterator<Item = PhaseKind> {
     std::iter::once(phase).chain(conflict)
 }
 
-fn key_from(bytes: &[u8]) -> Result<IdempotencyKey> {
-    let text = std::str::from_utf8(bytes).map_err(index_error)?;
-    IdempotencyKey::new(text).map_err(index_error)
-}
-
 impl Index {
+    /// An error about this index.
+    fn error(&self, kind: IndexError) -> Error {
+        index_error(&self.path, kind)
+    }
+
+    /// An error about this index from what sled said.
+    fn sled(&self, error: sled::Error) -> Error {
+        self.error(sled_error(error))
+    }
+
+    fn key_from(&self, bytes: &[u8]) -> Result<IdempotencyKey> {
+        let malformed = || self.error(IndexError::Malformed { what: "key" });
+        let text = std::str::from_utf8(bytes).map_err(|_| malformed())?;
+        IdempotencyKey::new(text).map_err(|_| malformed())
+    }
+
     /// Opens the index at `path`. `Ok(Err(reason))` means it exists but is unusable
     /// (unreadable, or another format version): the caller deletes and rebuilds it.
     pub fn open(path: &Path) -> Result<std::result::Result<Self, String>> {
         let db = match sled::Config::new().path(path).open() {
             Ok(db) => db,
             Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(index_error(format!(
-                    "index {} is locked: {e}",
-                    path.display()
-                )));
+                return Err(index_error(path, IndexError::Locked));
             }
             Err(e) => return Ok(Err(format!("sled cannot open it: {e}"))),
         };
-        let tree = |name: &str| db.open_tree(name).map_err(index_error);
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| index_error(path, sled_error(e)))
+        };
         let index = Self {
+            path: path.to_path_buf(),
             states: tree("states")?,
             phases: tree("phases")?,
             schedule: tree("schedule")?,
@@ -151,48 +173,52 @@ impl Index {
     }
 
     fn meta_u64(&self, name: &str) -> Result<Option<u64>> {
-        let Some(bytes) = self.meta.get(name).map_err(index_error)? else {
+        let Some(bytes) = self.meta.get(name).map_err(|e| self.sled(e))? else {
             return Ok(None);
         };
         let word: [u8; 8] = bytes
             .as_ref()
             .try_into()
-            .map_err(|_| index_error(format!("meta {name} is not a u64")))?;
+            .map_err(|_| self.error(IndexError::Malformed { what: "meta u64" }))?;
         Ok(Some(u64::from_be_bytes(word)))
     }
 
     fn set_meta_u64(&self, name: &str, value: u64) -> Result<()> {
         self.meta
             .insert(name, &value.to_be_bytes())
-            .map_err(index_error)?;
+            .map_err(|e| self.sled(e))?;
         Ok(())
     }
 
     /// The journal position the index reflects.
     pub fn watermark(&self) -> Result<IndexWatermark> {
-        let Some(bytes) = self.meta.get("watermark").map_err(index_error)? else {
+        let Some(bytes) = self.meta.get("watermark").map_err(|e| self.sled(e))? else {
             return Ok(IndexWatermark {
-                sequence: 0,
+                sequence: Sequence(0),
                 chain_hash: GENESIS_HASH,
             });
         };
         let (sequence, hash) = bytes
             .split_first_chunk::<8>()
-            .ok_or_else(|| index_error("meta watermark is too short"))?;
-        let chain_hash: ChainHash = hash
-            .try_into()
-            .map_err(|_| index_error("meta watermark hash is not 32 bytes"))?;
+            .ok_or_else(|| self.error(IndexError::Malformed { what: "watermark" }))?;
+        let chain_hash: ChainHash = hash.try_into().map_err(|_| {
+            self.error(IndexError::Malformed {
+                what: "watermark hash",
+            })
+        })?;
         Ok(IndexWatermark {
-            sequence: u64::from_be_bytes(*sequence),
+            sequence: Sequence(u64::from_be_bytes(*sequence)),
             chain_hash,
         })
     }
 
     /// Records that every journal record up to `watermark` is reflected.
     pub fn set_watermark(&self, watermark: IndexWatermark) -> Result<()> {
-        let mut bytes = watermark.sequence.to_be_bytes().to_vec();
+        let mut bytes = watermark.sequence.0.to_be_bytes().to_vec();
         bytes.extend_from_slice(&watermark.chain_hash);
-        self.meta.insert("watermark", bytes).map_err(index_error)?;
+        self.meta
+            .insert("watermark", bytes)
+            .map_err(|e| self.sled(e))?;
         Ok(())
     }
 
@@ -227,7 +253,7 @@ impl Index {
     pub fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
         self.states
             .get(key.as_str())
-            .map_err(index_error)?
+            .map_err(|e| self.sled(e))?
             .map(|bytes| decode_value(&bytes))
             .transpose()
     }
@@ -242,31 +268,35 @@ impl Index {
         new_reference: Option<&ProviderReference>,
     ) -> Result<()> {
         if let Some(before) = before {
+            assert!(
+                after.last_sequence > before.last_sequence,
+                "an index entry's last sequence only grows"
+            );
             for kind in listed_as(&before.state) {
                 self.phases
                     .remove(phase_key(kind, key))
-                    .map_err(index_error)?;
+                    .map_err(|e| self.sled(e))?;
             }
             if let Some(at) = before.next_query_at {
                 self.schedule
                     .remove(schedule_key(at, key))
-                    .map_err(index_error)?;
+                    .map_err(|e| self.sled(e))?;
             }
         }
         for kind in listed_as(&after.state) {
             self.phases
                 .insert(phase_key(kind, key), &[])
-                .map_err(index_error)?;
+                .map_err(|e| self.sled(e))?;
         }
         if let Some(at) = after.next_query_at {
             self.schedule
                 .insert(schedule_key(at, key), &[])
-                .map_err(index_error)?;
+                .map_err(|e| self.sled(e))?;
         }
         if let Some(reference) = new_reference {
             self.references
                 .insert(reference.as_str(), key.as_str())
-                .map_err(index_error)?;
+                .map_err(|e| self.sled(e))?;
         }
         let prefix = history_prefix(key);
         for (sequence, payload) in events {
@@ -274,11 +304,11 @@ impl Index {
             history_key.extend_from_slice(&sequence.to_be_bytes());
             self.history
                 .insert(history_key, *payload)
-                .map_err(index_error)?;
+                .map_err(|e| self.sled(e))?;
         }
         self.states
             .insert(key.as_str(), encode_value(after)?)
-            .map_err(index_error)?;
+            .map_err(|e| self.sled(e))?;
         Ok(())
     }
 
@@ -300,11 +330,11 @@ impl Index {
         };
         let mut keys = Vec::new();
         for item in self.phases.range(start..) {
-            let (bytes, _) = item.map_err(index_error)?;
+            let (bytes, _) = item.map_err(|e| self.sled(e))?;
             if !bytes.starts_with(&prefix) || keys.len() >= limit {
                 break;
             }
-            keys.push(key_from(&bytes[1..])?);
+            keys.push(self.key_from(&bytes[1..])?);
         }
         Ok(keys)
     }
@@ -319,11 +349,11 @@ impl Index {
         let mut keys = Vec::new();
         // Every entry of a later time sorts after that time's 8 bytes alone.
         for item in self.schedule.range(..now.plus_ms(1).0.to_be_bytes()) {
-            let (bytes, _) = item.map_err(index_error)?;
+            let (bytes, _) = item.map_err(|e| self.sled(e))?;
             if keys.len() >= limit {
                 break;
             }
-            keys.push(key_from(bytes.get(8..).unwrap_or_default())?);
+            keys.push(self.key_from(bytes.get(8..).unwrap_or_default())?);
         }
         Ok(keys)
     }
@@ -335,8 +365,8 @@ impl Index {
     ) -> Result<Option<IdempotencyKey>> {
         self.references
             .get(reference.as_str())
-            .map_err(index_error)?
-            .map(|bytes| key_from(&bytes))
+            .map_err(|e| self.sled(e))?
+            .map(|bytes| self.key_from(&bytes))
             .transpose()
     }
 
@@ -345,11 +375,15 @@ impl Index {
         let prefix = history_prefix(key);
         let mut events = Vec::new();
         for item in self.history.scan_prefix(&prefix) {
-            let (bytes, payload) = item.map_err(index_error)?;
+            let (bytes, payload) = item.map_err(|e| self.sled(e))?;
             let word: [u8; 8] = bytes
                 .get(prefix.len()..)
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| index_error("malformed history key"))?;
+                .ok_or_else(|| {
+                    self.error(IndexError::Malformed {
+                        what: "history key",
+                    })
+                })?;
             events.push(StoredEvent {
                 sequence: u64::from_be_bytes(word),
                 payload: payload.to_vec(),
@@ -368,14 +402,14 @@ impl Index {
             &self.history,
             &self.meta,
         ] {
-            tree.clear().map_err(index_error)?;
+            tree.clear().map_err(|e| self.sled(e))?;
         }
         self.set_meta_u64("format", INDEX_FORMAT_VERSION)
     }
 
     /// Writes sled's buffers to disk (not needed for correctness: the index is derived).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(index_error)?;
+        self.db.flush().map_err(|e| self.sled(e))?;
         Ok(())
     }
 }

@@ -53,7 +53,7 @@ mod sync;
 pub struct ReadmeDoctests;
 
 pub use clock::{Clock, ManualClock, MonotonicMillis, SystemClock};
-pub use error::{Error, FatalCause, Result};
+pub use error::{CodecError, Corruption, Error, FatalCause, IndexError, Result, TooLarge};
 #[cfg(feature = "sim")]
 pub use journal::simdisk::{CrashMode, SimDisk};
 pub use journal::storage::{FsStorage, Storage};

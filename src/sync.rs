@@ -1,17 +1,55 @@
-//! The synchronisation primitives of the per-key gate: `std`'s, or shuttle's when the crate is
-//! built with `--cfg shuttle` so that a schedule explorer can drive every interleaving.
+//! The one way payledger takes a lock, and the synchronisation primitives of the per-key gate:
+//! `std`'s, or shuttle's when the crate is built with `--cfg shuttle` so that a schedule
+//! explorer can drive every interleaving.
 //!
-//! Invariant: `gate.rs` takes its locks only from here.
+//! Invariants:
+//! - `gate.rs` takes its locks only from here (`Mutex`, `MutexGuard`);
+//! - every lock is taken with [`lock`], [`read`] or [`write`]: a lock poisoned by a panic is
+//!   taken over, because every critical section in payledger leaves its data consistent before
+//!   anything in it can panic (and a panic inside the journal's commit poisons the journal
+//!   itself, see `journal/group_commit.rs`).
 
 #[cfg(shuttle)]
 pub(crate) use shuttle::sync::{Mutex, MutexGuard};
 #[cfg(not(shuttle))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 
-/// Locks `mutex`. A poisoned lock is taken over: every critical section guarded here leaves its
-/// data consistent before anything in it can panic.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// A mutex [`lock`] can take: `std`'s, and shuttle's under `--cfg shuttle`.
+pub(crate) trait Lockable<'a> {
+    /// What holding the lock gives.
+    type Guard;
+    /// Takes the lock, taking over a poisoned one.
+    fn take(&'a self) -> Self::Guard;
+}
+
+impl<'a, T: 'a> Lockable<'a> for std::sync::Mutex<T> {
+    type Guard = std::sync::MutexGuard<'a, T>;
+    fn take(&'a self) -> Self::Guard {
+        self.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(shuttle)]
+impl<'a, T: 'a> Lockable<'a> for shuttle::sync::Mutex<T> {
+    type Guard = shuttle::sync::MutexGuard<'a, T>;
+    fn take(&'a self) -> Self::Guard {
+        self.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Locks `mutex`, taking over a poisoned lock.
+pub(crate) fn lock<'a, M: Lockable<'a>>(mutex: &'a M) -> M::Guard {
+    mutex.take()
+}
+
+/// Read-locks `rwlock`, taking over a poisoned lock.
+pub(crate) fn read<T>(rwlock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    rwlock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Write-locks `rwlock`, taking over a poisoned lock.
+pub(crate) fn write<T>(rwlock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    rwlock.write().unwrap_or_else(PoisonError::into_inner)
 }

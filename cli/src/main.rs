@@ -413,9 +413,9 @@ fn verify(dir: &Path) -> payledger::Result<ExitCode> {
         Err(Error::Corrupt {
             segment,
             offset,
-            what,
+            kind,
         }) => {
-            println!("journal corrupt: segment {segment} at offset {offset}: {what}");
+            println!("journal corrupt: segment {segment} at offset {offset}: {kind}");
             println!(
                 "next: stop writers, copy the directory, and follow docs/runbook.md \"verify fails\"; records before this offset are intact"
             );
@@ -434,7 +434,7 @@ fn stats(dir: &Path) -> payledger::Result<ExitCode> {
             let _ = writeln!(out, "{:<10} {count}", kind.name());
         }
     }
-    let oldest = health.oldest_unknown_ms.map_or("none".to_string(), |ms| {
+    let oldest = health.unknown_age_ms_max.map_or("none".to_string(), |ms| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

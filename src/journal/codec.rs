@@ -7,7 +7,7 @@
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 
-use crate::error::{Error, Result};
+use crate::error::{CodecError, Error, Result, TooLarge};
 use crate::limits::RECORD_PAYLOAD_LEN_MAX;
 use crate::model::Event;
 
@@ -32,17 +32,16 @@ fn v1_config() -> V1Config {
 pub fn encode_event(event: &Event) -> Result<Vec<u8>> {
     let mut payload = vec![EVENT_FORMAT_V1];
     bincode::serde::encode_into_std_write(event, &mut payload, v1_config()).map_err(|e| {
-        Error::Codec {
-            what: format!("encoding {}: {e}", event.kind.name()),
+        CodecError::Encode {
+            detail: format!("{}: {e}", event.kind.name()),
         }
     })?;
     if payload.len() > RECORD_PAYLOAD_LEN_MAX {
-        return Err(Error::TooLarge {
-            what: format!(
-                "event of {} bytes, limit {RECORD_PAYLOAD_LEN_MAX}",
-                payload.len()
-            ),
-        });
+        return Err(TooLarge::Event {
+            len: payload.len(),
+            max: RECORD_PAYLOAD_LEN_MAX,
+        }
+        .into());
     }
     debug_assert!(decode_event(&payload).is_ok_and(|decoded| decoded == *event));
     Ok(payload)
@@ -54,8 +53,10 @@ pub fn encode_event(event: &Event) -> Result<Vec<u8>> {
 /// # Errors
 /// [`Error::Codec`].
 pub(crate) fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    bincode::serde::encode_to_vec(value, v1_config()).map_err(|e| Error::Codec {
-        what: format!("encoding index value: {e}"),
+    bincode::serde::encode_to_vec(value, v1_config()).map_err(|e| {
+        Error::Codec(CodecError::Encode {
+            detail: e.to_string(),
+        })
     })
 }
 
@@ -65,8 +66,10 @@ pub(crate) fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 /// [`Error::Codec`].
 pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let (value, _): (T, usize) =
-        bincode::serde::decode_from_slice(bytes, v1_config()).map_err(|e| Error::Codec {
-            what: format!("decoding index value: {e}"),
+        bincode::serde::decode_from_slice(bytes, v1_config()).map_err(|e| {
+            Error::Codec(CodecError::MalformedIndexValue {
+                detail: e.to_string(),
+            })
         })?;
     Ok(value)
 }
@@ -79,25 +82,24 @@ pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Resu
 /// bytes.
 pub fn decode_event(payload: &[u8]) -> Result<Event> {
     let Some((&version, body)) = payload.split_first() else {
-        return Err(Error::Codec {
-            what: "empty payload".into(),
-        });
+        return Err(CodecError::Empty.into());
     };
     match version {
         EVENT_FORMAT_V1 => {
             let (event, used): (Event, usize) =
-                bincode::serde::decode_from_slice(body, v1_config()).map_err(|e| Error::Codec {
-                    what: format!("event format v1: {e}"),
+                bincode::serde::decode_from_slice(body, v1_config()).map_err(|e| {
+                    CodecError::Malformed {
+                        detail: e.to_string(),
+                    }
                 })?;
             if used != body.len() {
-                return Err(Error::Codec {
-                    what: format!("{} trailing bytes after the event", body.len() - used),
-                });
+                return Err(CodecError::TrailingBytes {
+                    count: body.len() - used,
+                }
+                .into());
             }
             Ok(event)
         }
-        other => Err(Error::Codec {
-            what: format!("unknown event format version {other}"),
-        }),
+        version => Err(CodecError::UnknownVersion { version }.into()),
     }
 }

@@ -25,6 +25,7 @@
 //! ```
 //! After the last record a segment is zero up to its preallocated length.
 
+use crate::error::Corruption;
 use crate::limits::{RECORD_PAYLOAD_LEN_MAX, SEQUENCE_MAX};
 
 /// Identifies a payledger segment file. The `\r\n` catches text-mode mangling.
@@ -86,32 +87,26 @@ impl SegmentHeader {
     /// Decodes and checks a header.
     ///
     /// # Errors
-    /// A description of the first failed check.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+    /// The first failed check.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Corruption> {
         let Some(bytes) = bytes.get(..SEGMENT_HEADER_LEN) else {
-            return Err(format!(
-                "header is {} bytes, expected {SEGMENT_HEADER_LEN}",
-                bytes.len()
-            ));
+            return Err(Corruption::HeaderTruncated);
         };
         if bytes[MAGIC_AT..VERSION_AT] != SEGMENT_MAGIC {
-            return Err("bad magic: not a payledger segment".into());
+            return Err(Corruption::BadMagic);
         }
         let version = u32_at(bytes, VERSION_AT);
         if version != SEGMENT_FORMAT_VERSION {
-            return Err(format!("unsupported segment format version {version}"));
+            return Err(Corruption::UnknownVersion { version });
         }
         if u32_at(bytes, HEADER_CRC_AT) != crc32fast::hash(&bytes[SEGMENT_NUMBER_AT..]) {
-            return Err("header crc mismatch".into());
+            return Err(Corruption::HeaderCrc);
         }
         let first_sequence = u64_at(bytes, FIRST_SEQUENCE_AT);
-        if first_sequence == 0 {
-            return Err("first sequence is 0; sequences start at 1".into());
-        }
-        if first_sequence > SEQUENCE_MAX {
-            return Err(format!(
-                "first sequence {first_sequence} exceeds the largest sequence {SEQUENCE_MAX}"
-            ));
+        if first_sequence == 0 || first_sequence > SEQUENCE_MAX {
+            return Err(Corruption::FirstSequence {
+                first: first_sequence,
+            });
         }
         Ok(Self {
             number: u64_at(bytes, SEGMENT_NUMBER_AT),
@@ -193,12 +188,21 @@ pub struct RecordView<'a> {
 /// Why bytes at an offset are not the next record.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum BadRecord {
-    /// Not even a whole record fits, or its length field is impossible: typical of a torn
-    /// write, and of corruption.
-    Damaged(String),
+    /// Not even a whole record fits, or its length field is impossible, or its crc fails:
+    /// typical of a torn write, and of corruption.
+    Damaged(Corruption),
     /// The record is intact (crc checks) but is not the one expected next: only corruption or
     /// tampering produces this.
-    Misplaced(String),
+    Misplaced(Corruption),
+}
+
+impl BadRecord {
+    /// The check that failed.
+    pub fn into_corruption(self) -> Corruption {
+        match self {
+            BadRecord::Damaged(c) | BadRecord::Misplaced(c) => c,
+        }
+    }
 }
 
 /// Decodes the record at the start of `bytes`, expected to follow `previous` with sequence
@@ -217,15 +221,13 @@ pub fn decode_record<'a>(
     }
     let view = decode_intact(bytes).map_err(BadRecord::Damaged)?;
     if view.sequence != sequence {
-        return Err(BadRecord::Misplaced(format!(
-            "sequence {} where {sequence} was expected",
-            view.sequence
-        )));
+        return Err(BadRecord::Misplaced(Corruption::SequenceGap {
+            expected: sequence,
+            found: view.sequence,
+        }));
     }
     if chain_hash(previous, view.sequence, view.batch_left, view.payload) != view.hash {
-        return Err(BadRecord::Misplaced(
-            "chain hash does not link to the previous record".into(),
-        ));
+        return Err(BadRecord::Misplaced(Corruption::BrokenChain));
     }
     Ok(Some(view))
 }
@@ -234,28 +236,27 @@ pub fn decode_record<'a>(
 ///
 /// # Errors
 /// What is wrong with the bytes.
-pub fn decode_intact(bytes: &[u8]) -> Result<RecordView<'_>, String> {
+pub fn decode_intact(bytes: &[u8]) -> Result<RecordView<'_>, Corruption> {
     if bytes.len() < RECORD_HEADER_LEN {
-        return Err(format!(
-            "{} bytes left, a record header needs {RECORD_HEADER_LEN}",
-            bytes.len()
-        ));
+        return Err(Corruption::RecordHeaderCut {
+            available: bytes.len(),
+        });
     }
     let payload_len = u32_at(bytes, PAYLOAD_LEN_AT) as usize;
     if payload_len == 0 || payload_len > RECORD_PAYLOAD_LEN_MAX {
-        return Err(format!(
-            "payload length {payload_len} out of range 1..={RECORD_PAYLOAD_LEN_MAX}"
-        ));
+        return Err(Corruption::PayloadLength {
+            len: payload_len as u64,
+        });
     }
     let len = RECORD_HEADER_LEN + payload_len;
     let Some(record) = bytes.get(..len) else {
-        return Err(format!(
-            "record of {len} bytes cut off after {}",
-            bytes.len()
-        ));
+        return Err(Corruption::RecordCut {
+            len,
+            available: bytes.len(),
+        });
     };
     if u32_at(record, CRC_AT) != record_crc(record) {
-        return Err("record crc mismatch".into());
+        return Err(Corruption::RecordCrc);
     }
     Ok(RecordView {
         sequence: u64_at(record, SEQUENCE_AT),

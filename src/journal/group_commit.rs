@@ -20,18 +20,19 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::error::{Error, FatalCause, Result};
+use crate::error::{Error, FatalCause, Result, TooLarge};
 use crate::limits::{
     ATOMIC_RECORDS_MAX, COMMIT_BATCH_RECORDS_MAX, COMMIT_QUEUE_LEN_MAX, RECORD_PAYLOAD_LEN_MAX,
 };
 use crate::model::Sequence;
 
+use super::Journal;
 use super::format::{
     ChainHash, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, encode_record,
 };
 use super::segment::{SegmentInfo, create_segment, segment_path};
 use super::storage::StorageFile;
-use super::{Journal, lock};
+use crate::sync::{lock, write};
 
 /// Where the next record goes: the open last segment and the chain head.
 #[derive(Debug)]
@@ -91,7 +92,7 @@ impl Journal {
             queue = self
                 .queue_changed
                 .wait(queue)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         if let Some(cause) = &queue.stopped {
             return Err(Error::Poisoned {
@@ -109,7 +110,7 @@ impl Journal {
                 queue.leader_active = true;
                 let batch = take_batch(&mut queue.waiting);
                 drop(queue);
-                let outcome = catch_unwind(AssertUnwindSafe(|| self.commit(&batch)))
+                let outcome = catch_unwind(AssertUnwindSafe(|| self.commit_batch(&batch)))
                     .unwrap_or_else(|panic| Err(panicked(&*panic)));
                 queue = lock(&self.queue);
                 queue.leader_active = false;
@@ -127,7 +128,7 @@ impl Journal {
             queue = self
                 .queue_changed
                 .wait(queue)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
@@ -157,38 +158,35 @@ impl Journal {
 
     fn check_append(&self, payloads: &[Vec<u8>]) -> Result<()> {
         if payloads.is_empty() || payloads.len() > ATOMIC_RECORDS_MAX {
-            return Err(Error::TooLarge {
-                what: format!(
-                    "{} records in one append, 1 to {ATOMIC_RECORDS_MAX} allowed",
-                    payloads.len()
-                ),
-            });
+            return Err(TooLarge::Records {
+                count: payloads.len(),
+                max: ATOMIC_RECORDS_MAX,
+            }
+            .into());
         }
         let mut bytes = SEGMENT_HEADER_LEN as u64;
         for payload in payloads {
             if payload.is_empty() || payload.len() > RECORD_PAYLOAD_LEN_MAX {
-                return Err(Error::TooLarge {
-                    what: format!(
-                        "payload of {} bytes, 1 to {RECORD_PAYLOAD_LEN_MAX} allowed",
-                        payload.len()
-                    ),
-                });
+                return Err(TooLarge::Payload {
+                    len: payload.len(),
+                    max: RECORD_PAYLOAD_LEN_MAX,
+                }
+                .into());
             }
             bytes += (RECORD_HEADER_LEN + payload.len()) as u64;
         }
         if bytes > self.config.segment_len {
-            return Err(Error::TooLarge {
-                what: format!(
-                    "append of {bytes} bytes does not fit a {}-byte segment",
-                    self.config.segment_len
-                ),
-            });
+            return Err(TooLarge::Append {
+                bytes,
+                segment_len: self.config.segment_len,
+            }
+            .into());
         }
         Ok(())
     }
 
     /// Frames, writes and syncs one batch; the leader runs this without the queue lock.
-    fn commit(&self, batch: &[Request]) -> Result<Vec<Appended>, FatalCause> {
+    fn commit_batch(&self, batch: &[Request]) -> Result<Vec<Appended>, FatalCause> {
         let mut writer = lock(&self.writer);
         let writer = &mut *writer;
         assert_eq!(
@@ -265,9 +263,9 @@ impl Journal {
         self.durable_sequence
             .store(writer.next_sequence - 1, Ordering::Release);
         let mut stats = lock(&self.stats);
-        stats.sync_last_us = us;
-        stats.sync_max_us = stats.sync_max_us.max(us);
-        stats.sync_total_us += us;
+        stats.sync_us_last = us;
+        stats.sync_us_max = stats.sync_us_max.max(us);
+        stats.sync_us_total += us;
         Ok(())
     }
 
@@ -287,14 +285,11 @@ impl Journal {
                 ),
             },
         )?;
-        self.segments
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(SegmentInfo {
-                number,
-                first_sequence: writer.next_sequence,
-                path: segment_path(&self.dir, number),
-            });
+        write(&self.segments).push(SegmentInfo {
+            number,
+            first_sequence: writer.next_sequence,
+            path: segment_path(&self.dir, number),
+        });
         *writer = Writer {
             file,
             segment: number,

@@ -30,12 +30,13 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use crate::error::{Error, Result};
+use crate::error::{Corruption, Error, Result};
 use crate::limits::{SEGMENT_LEN_DEFAULT, SEGMENT_LEN_MAX, SEGMENT_LEN_MIN};
 use crate::model::InputError;
 use crate::model::Sequence;
+use crate::sync::{lock, read};
 use format::{ChainHash, GENESIS_HASH, SEGMENT_HEADER_LEN, SegmentHeader};
 pub use group_commit::Appended;
 use group_commit::{CommitQueue, Writer};
@@ -121,11 +122,11 @@ pub struct JournalStats {
     /// Group commits (one write and one sync each) since open.
     pub commits: u64,
     /// Latency of the last `fdatasync`, in microseconds.
-    pub sync_last_us: u64,
+    pub sync_us_last: u64,
     /// Largest `fdatasync` latency since open, in microseconds.
-    pub sync_max_us: u64,
+    pub sync_us_max: u64,
     /// Sum of `fdatasync` latencies since open, in microseconds.
-    pub sync_total_us: u64,
+    pub sync_us_total: u64,
 }
 
 /// An open journal. Cheap to share between threads (`Send + Sync`); appends from many threads
@@ -142,13 +143,6 @@ pub struct Journal {
     durable_sequence: AtomicU64,
     stats: Mutex<JournalStats>,
     _lock: Box<dyn DirLock>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here leaves its data consistent before it can panic.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Journal {
@@ -285,10 +279,7 @@ impl Journal {
     }
 
     fn segment_list(&self) -> Vec<SegmentInfo> {
-        self.segments
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        read(&self.segments).clone()
     }
 }
 
@@ -334,7 +325,11 @@ fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<SegmentInfo>> 
     let mut segments: Vec<SegmentInfo> = Vec::with_capacity(numbers.len());
     for (i, &number) in numbers.iter().enumerate() {
         if number != i as u64 {
-            return Err(corrupt(number, 0, format!("segment {i} is missing")));
+            return Err(corrupt(
+                number,
+                0,
+                Corruption::SegmentMissing { missing: i as u64 },
+            ));
         }
         let mut info = SegmentInfo {
             number,
@@ -345,7 +340,7 @@ fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<SegmentInfo>> 
         if let Some(previous) = segments.last()
             && info.first_sequence < previous.first_sequence
         {
-            return Err(corrupt(number, 0, "first sequence goes backwards"));
+            return Err(corrupt(number, 0, Corruption::FirstSequenceBackwards));
         }
         segments.push(info);
     }

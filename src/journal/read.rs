@@ -9,7 +9,6 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::model::Sequence;
 
-use super::format::BadRecord;
 use super::segment::{Cursor, SegmentInfo, Step, corrupt, open_segment};
 use super::storage::Storage;
 use super::{Journal, JournalRecord};
@@ -84,13 +83,10 @@ impl JournalReader {
                 }
                 Step::End => self.current = None,
                 Step::Bad { offset, why } => {
-                    let what = match why {
-                        BadRecord::Damaged(w) | BadRecord::Misplaced(w) => w,
-                    };
                     let number = cursor.segment();
                     self.segments = Vec::new().into_iter();
                     self.current = None;
-                    return Err(corrupt(number, offset, what));
+                    return Err(corrupt(number, offset, why.into_corruption()));
                 }
             }
         }

@@ -11,7 +11,7 @@
 //! - the segment is synced before the journal serves anything, so nothing that only reached the
 //!   page cache (a previous process's failed sync) is ever acknowledged again.
 
-use crate::error::{Error, Result};
+use crate::error::{Corruption, Error, Result};
 use crate::limits::SEGMENT_LEN_MAX;
 use crate::model::Sequence;
 
@@ -53,15 +53,16 @@ pub(crate) fn recover_last(
     let window = cursor.window();
     if let Some((offset, why)) = bad {
         match why {
-            BadRecord::Misplaced(what) => return Err(corrupt(last.number, offset, what)),
-            BadRecord::Damaged(what) => {
+            BadRecord::Misplaced(kind) => return Err(corrupt(last.number, offset, kind)),
+            BadRecord::Damaged(damage) => {
                 let next = committed.last_sequence.saturating_add(1);
-                if let Some(at) = intact_record_after(window, offset + 1, next, last.number)? {
-                    return Err(corrupt(
-                        last.number,
-                        offset,
-                        format!("{what}, followed by an intact record at offset {at}"),
-                    ));
+                if let Some(intact_at) = intact_record_after(window, offset + 1, next, last.number)?
+                {
+                    let kind = Corruption::DamageBeforeIntact {
+                        damage: Box::new(damage),
+                        intact_at,
+                    };
+                    return Err(corrupt(last.number, offset, kind));
                 }
             }
         }

@@ -12,7 +12,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Corruption, Error, Result};
 use crate::limits::{RECORD_PAYLOAD_LEN_MAX, SEGMENT_LEN_MAX};
 
 use super::JournalConfig;
@@ -48,11 +48,11 @@ pub(crate) fn segment_path(dir: &Path, number: u64) -> PathBuf {
 }
 
 /// A corruption error naming the segment and offset.
-pub(crate) fn corrupt(segment: u64, offset: u64, what: impl Into<String>) -> Error {
+pub(crate) fn corrupt(segment: u64, offset: u64, kind: Corruption) -> Error {
     Error::Corrupt {
         segment,
         offset,
-        what: what.into(),
+        kind,
     }
 }
 
@@ -80,18 +80,20 @@ pub(crate) fn open_segment(storage: &dyn Storage, info: &SegmentInfo) -> Result<
         return Err(corrupt(
             info.number,
             SEGMENT_LEN_MAX,
-            format!("segment is {len} bytes, longer than the limit {SEGMENT_LEN_MAX}"),
+            Corruption::SegmentTooLong { len },
         ));
     }
     let mut bytes = [0u8; SEGMENT_HEADER_LEN];
     file.read_exact_at(&mut bytes, 0)
-        .map_err(|_| corrupt(info.number, 0, "segment shorter than its header"))?;
-    let header = SegmentHeader::decode(&bytes).map_err(|what| corrupt(info.number, 0, what))?;
+        .map_err(|_| corrupt(info.number, 0, Corruption::HeaderTruncated))?;
+    let header = SegmentHeader::decode(&bytes).map_err(|kind| corrupt(info.number, 0, kind))?;
     if header.number != info.number {
         return Err(corrupt(
             info.number,
             0,
-            format!("header says segment {}", header.number),
+            Corruption::SegmentNumber {
+                header: header.number,
+            },
         ));
     }
     Ok(OpenSegment { file, len, header })
@@ -290,16 +292,16 @@ impl Cursor {
         {
             return Ok(Step::Bad {
                 offset,
-                why: BadRecord::Misplaced(format!(
-                    "batch expects {expected} more records, record says {}",
-                    record.batch_left
-                )),
+                why: BadRecord::Misplaced(Corruption::BatchMismatch {
+                    expected,
+                    found: record.batch_left,
+                }),
             });
         }
         let Some(next_sequence) = self.next_sequence.checked_add(1) else {
             return Ok(Step::Bad {
                 offset,
-                why: BadRecord::Misplaced("sequence overflows".into()),
+                why: BadRecord::Misplaced(Corruption::SequenceOverflow),
             });
         };
         let at = RecordAt {

@@ -113,11 +113,7 @@ impl SimDisk {
     }
 
     fn lock(&self) -> MutexGuard<'_, SimState> {
-        // A panic while holding this lock can only come from a test assertion; the state is
-        // still consistent because every operation completes before it is observed.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&*self.state)
     }
 
     /// The next `count` writes fail without writing anything.

@@ -4,10 +4,10 @@
 //! Invariant: verify reads the journal and never writes it; it holds at most one read window
 //! per segment being checked, whatever the segment size.
 
-use crate::error::{Error, Result};
+use crate::error::{Corruption, Error, Result};
 use crate::model::Sequence;
 
-use super::format::{BadRecord, ChainHash, GENESIS_HASH, SEGMENT_HEADER_LEN};
+use super::format::{ChainHash, GENESIS_HASH, SEGMENT_HEADER_LEN};
 use super::segment::{Cursor, SegmentInfo, Step, corrupt, open_segment};
 use super::{Journal, VerifyReport};
 
@@ -54,15 +54,11 @@ impl Journal {
             for (info, check) in window.iter().zip(checked) {
                 let check = check?;
                 if (check.first_sequence, check.previous_hash) != expected {
-                    return Err(corrupt(
-                        info.number,
-                        0,
-                        format!(
-                            "segment starts at sequence {} but the previous segment ends at {} or its chain head differs",
-                            check.first_sequence,
-                            expected.0 - 1
-                        ),
-                    ));
+                    let kind = Corruption::SegmentLink {
+                        first: check.first_sequence,
+                        previous_last: expected.0 - 1,
+                    };
+                    return Err(corrupt(info.number, 0, kind));
                 }
                 report.records += check.records;
                 report.record_bytes += check.record_bytes;
@@ -72,14 +68,11 @@ impl Journal {
         report.last_sequence = Sequence(expected.0 - 1);
         report.head = expected.1;
         if report.last_sequence.0 != until {
-            return Err(corrupt(
-                segments.last().map_or(0, |s| s.number),
-                0,
-                format!(
-                    "journal ends at sequence {} but {until} were written",
-                    report.last_sequence.0
-                ),
-            ));
+            let kind = Corruption::EndsEarly {
+                ends_at: report.last_sequence.0,
+                written: until,
+            };
+            return Err(corrupt(segments.last().map_or(0, |s| s.number), 0, kind));
         }
         Ok(report)
     }
@@ -95,10 +88,7 @@ impl Journal {
                 Step::Record(_) => records += 1,
                 Step::End => break,
                 Step::Bad { offset, why } => {
-                    let what = match why {
-                        BadRecord::Damaged(w) | BadRecord::Misplaced(w) => w,
-                    };
-                    return Err(corrupt(info.number, offset, what));
+                    return Err(corrupt(info.number, offset, why.into_corruption()));
                 }
             }
         }
@@ -107,7 +97,7 @@ impl Journal {
             return Err(corrupt(
                 info.number,
                 committed.end,
-                "atomic append cut short",
+                Corruption::AppendCutShort,
             ));
         }
         Ok(SegmentCheck {

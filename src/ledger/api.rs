@@ -110,7 +110,7 @@ impl Ledger {
             .map_or_else(|| PaymentState::new(key.clone()), |e| e.state.clone());
         if matches!(state.phase, Phase::InFlight { attempt: a, .. } if a == attempt) {
             let event = self.event(key, EventKind::OutcomeReported { attempt, outcome });
-            return Ok(self.commit(key, entry.as_ref(), vec![event])?.state);
+            return Ok(self.write_events(key, entry.as_ref(), vec![event])?.state);
         }
         // Settled meanwhile: what the reply says is evidence.
         let finding = match outcome {
@@ -178,7 +178,7 @@ impl Ledger {
                 EvidenceOutcome::Settled(Phase::Vacant),
             ),
         };
-        let after = self.commit(key, entry, vec![self.event(key, kind)])?;
+        let after = self.write_events(key, entry, vec![self.event(key, kind)])?;
         let outcome = match outcome {
             // Report where the key really stands: a settled attempt beside a recorded
             // contradiction ends the key in conflict.
@@ -297,7 +297,7 @@ impl Ledger {
                 note,
             },
         );
-        let after = self.commit(key, entry.as_ref(), vec![event])?;
+        let after = self.write_events(key, entry.as_ref(), vec![event])?;
         self.inner.gate.clear_unwritten(key);
         tracing::info!(phase = after.state.phase.name(), "resolved by operator");
         Ok(after.state)

@@ -59,12 +59,11 @@ mod ticket;
 mod write;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::clock::MonotonicMillis;
-use crate::error::{Error, Result};
+use crate::error::{Error, FatalCause, Result};
 use crate::gate::KeyGate;
 use crate::index::Index;
 use crate::journal::Journal;
@@ -85,7 +84,8 @@ struct Inner {
     config: LedgerConfig,
     gate: KeyGate,
     watermark: Mutex<Watermark>,
-    index_failed: AtomicBool,
+    /// The index failure that stopped the ledger, if one did.
+    index_failed: OnceLock<FatalCause>,
     /// Since when this process has waited for each unknown attempt, on the monotonic clock.
     unknown_since: Mutex<HashMap<IdempotencyKey, UnknownWait>>,
     /// Where the reconciler's scan of in-flight keys resumes, so every key gets its turn.
@@ -107,13 +107,6 @@ struct UnknownWait {
 #[derive(Clone, Debug)]
 pub struct Ledger {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each critical section here leaves its data consistent before anything can panic.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn elapsed_us(started: Instant) -> u64 {
@@ -148,8 +141,10 @@ impl Ledger {
         if self.inner.config.read_only {
             return Err(Error::ReadOnly);
         }
-        if self.inner.index_failed.load(Ordering::Acquire) {
-            return Err(Error::IndexFailed);
+        if let Some(cause) = self.inner.index_failed.get() {
+            return Err(Error::IndexFailed {
+                cause: cause.clone(),
+            });
         }
         Ok(())
     }

@@ -14,11 +14,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IndexError, Result};
 use crate::gate::KeyGate;
 use crate::index::{Index, IndexEntry, IndexWatermark};
 use crate::journal::codec::decode_event;
@@ -31,7 +30,8 @@ use crate::model::{PaymentState, Phase, PhaseKind, apply};
 
 use super::replies::{IndexRecovery, OpenReport};
 use super::write::{Watermark, started_reference};
-use super::{Inner, Ledger, LedgerConfig, elapsed_us, lock};
+use super::{Inner, Ledger, LedgerConfig, elapsed_us};
+use crate::sync::lock;
 
 impl Ledger {
     /// Opens (or creates) the ledger in `dir`: opens the journal (recovering a torn tail), opens
@@ -65,7 +65,7 @@ impl Ledger {
             },
             || {
                 let (index, reason) = open_index(&index_dir)?;
-                let watermark = Sequence(index.watermark()?.sequence);
+                let watermark = index.watermark()?.sequence;
                 opened = Some((index, reason));
                 Ok(watermark)
             },
@@ -84,7 +84,8 @@ impl Ledger {
             other => other?,
         };
         let (index, reason) = opened.ok_or_else(|| Error::Index {
-            what: "the index was not opened with the journal".into(),
+            index: index_dir.clone(),
+            kind: IndexError::NotOpened,
         })?;
         let rebuild_reason = check_index_chain(&index, &journal)?.or(reason);
         let inner = Arc::new(Inner {
@@ -93,7 +94,7 @@ impl Ledger {
             config,
             gate: KeyGate::new(),
             watermark: Mutex::new(Watermark::default()),
-            index_failed: AtomicBool::new(false),
+            index_failed: OnceLock::new(),
             unknown_since: Mutex::new(HashMap::new()),
             in_flight_cursor: Mutex::new(None),
         });
@@ -137,22 +138,22 @@ impl Ledger {
     fn catch_up_index(&self) -> Result<(u64, u64)> {
         let inner = &self.inner;
         let mut watermark = inner.index.watermark()?;
-        let from = watermark.sequence + 1;
+        let from = watermark.sequence.next();
         let mut applied = 0;
-        for record in inner.journal.read_from(Sequence(from)) {
+        for record in inner.journal.read_from(from) {
             let record = record?;
             let event = decode_event(&record.payload).map_err(|e| Error::Inconsistent {
-                sequence: record.sequence.0,
-                what: e.to_string(),
+                sequence: record.sequence,
+                cause: Box::new(e),
             })?;
             watermark = IndexWatermark {
-                sequence: record.sequence.0,
+                sequence: record.sequence,
                 chain_hash: record.hash,
             };
             let before = inner.index.get(&event.key)?;
             if before
                 .as_ref()
-                .is_some_and(|b| b.last_sequence >= record.sequence.0)
+                .is_some_and(|b| b.last_sequence >= record.sequence)
             {
                 continue;
             }
@@ -160,8 +161,8 @@ impl Ledger {
                 .as_ref()
                 .map_or_else(|| PaymentState::new(event.key.clone()), |b| b.state.clone());
             let state = apply(&state, &event).map_err(|r| Error::Inconsistent {
-                sequence: record.sequence.0,
-                what: r.to_string(),
+                sequence: record.sequence,
+                cause: Box::new(r.into()),
             })?;
             let after = IndexEntry {
                 next_query_at: inner.config.reconcile.next_query_at(
@@ -170,7 +171,7 @@ impl Ledger {
                     event.at,
                 ),
                 state,
-                last_sequence: record.sequence.0,
+                last_sequence: record.sequence,
             };
             let reference = started_reference(&event);
             inner.index.put(
@@ -184,13 +185,13 @@ impl Ledger {
         }
         assert_eq!(
             watermark.sequence,
-            inner.journal.last_sequence().0,
+            inner.journal.last_sequence(),
             "catch-up reaches the journal's end"
         );
         inner.index.set_watermark(watermark)?;
         *lock(&inner.watermark) = Watermark::at(watermark);
         inner.index.flush()?;
-        Ok((from, applied))
+        Ok((from.0, applied))
     }
 
     /// Attempts started by a previous process with no outcome become unknown.
@@ -218,7 +219,7 @@ impl Ledger {
                             outcome: self.orphan_outcome(),
                         },
                     );
-                    self.commit(&key, entry.as_ref(), vec![event])?;
+                    self.write_events(&key, entry.as_ref(), vec![event])?;
                     tracing::warn!(key = %key, attempt = attempt.get(), "attempt orphaned by a previous process is now unknown");
                     count += 1;
                 }
@@ -285,8 +286,9 @@ fn open_index(dir: &Path) -> Result<(Index, Option<String>)> {
         Ok(index) => Ok((index, (!existed).then(|| "index missing".to_string()))),
         Err(reason) => {
             Index::remove_files(dir)?;
-            let index = Index::open(dir)?.map_err(|again| Error::Index {
-                what: format!("fresh index unusable: {again}"),
+            let index = Index::open(dir)?.map_err(|reason| Error::Index {
+                index: dir.to_path_buf(),
+                kind: IndexError::FreshUnusable { reason },
             })?;
             Ok((index, Some(reason)))
         }
@@ -297,20 +299,17 @@ fn open_index(dir: &Path) -> Result<(Index, Option<String>)> {
 /// the journal's. An index of another journal is cleared for a rebuild; returns why.
 fn check_index_chain(index: &Index, journal: &Journal) -> Result<Option<String>> {
     let watermark = index.watermark()?;
-    debug_assert!(watermark.sequence <= journal.last_sequence().0);
-    if watermark.sequence == 0 {
+    debug_assert!(watermark.sequence <= journal.last_sequence());
+    if watermark.sequence == Sequence(0) {
         return Ok(None);
     }
-    let at = journal
-        .read_from(Sequence(watermark.sequence))
-        .next()
-        .transpose()?;
+    let at = journal.read_from(watermark.sequence).next().transpose()?;
     if at.is_some_and(|record| record.hash == watermark.chain_hash) {
         return Ok(None);
     }
     index.clear()?;
     Ok(Some(format!(
         "the index's chain hash at sequence {} is not this journal's: it belongs to another ledger",
-        watermark.sequence
+        watermark.sequence.0
     )))
 }

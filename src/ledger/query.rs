@@ -144,9 +144,9 @@ impl Ledger {
         }
         Ok(Health {
             unknown: index.count(PhaseKind::Unknown) + unwritten_in_flight,
-            oldest_unknown_ms: oldest_unknown.map(|since| now.since(since)),
+            unknown_age_ms_max: oldest_unknown.map(|since| now.since(since)),
             in_flight: index.count(PhaseKind::InFlight) - unwritten_in_flight,
-            oldest_in_flight_ms: oldest_in_flight.map(|since| now.since(since)),
+            in_flight_age_ms_max: oldest_in_flight.map(|since| now.since(since)),
             in_review: index.count(PhaseKind::InReview),
             conflict: index.count(PhaseKind::Conflict),
             last_sequence: self.inner.journal.last_sequence(),
@@ -185,6 +185,6 @@ impl GateStore for Ledger {
         before: Option<&IndexEntry>,
         events: Vec<Event>,
     ) -> Result<()> {
-        self.commit(key, before, events).map(drop)
+        self.write_events(key, before, events).map(drop)
     }
 }

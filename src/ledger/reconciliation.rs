@@ -18,7 +18,8 @@ use crate::model::{EventKind, Outcome, ReviewReason, UnknownReason};
 use crate::model::{Phase, PhaseKind};
 use crate::provider::QueryReply;
 
-use super::{Ledger, lock};
+use super::Ledger;
+use crate::sync::lock;
 
 impl Ledger {
     /// Appends the answer to a query for `attempt` if the key still awaits it; returns the new
@@ -50,7 +51,7 @@ impl Ledger {
             .map_or(0, |wait| wait.before_ms + asked_at.since(wait.since));
         let answer = reply.classify(self.inner.config.reconcile.not_found(), waited_ms);
         let event = self.event(key, EventKind::ProviderQueried { attempt, answer });
-        let after = self.commit(key, entry.as_ref(), vec![event])?;
+        let after = self.write_events(key, entry.as_ref(), vec![event])?;
         if !matches!(after.state.phase, Phase::Unknown { .. }) {
             self.inner.gate.clear_unwritten(key);
         }
@@ -77,7 +78,7 @@ impl Ledger {
                 reason: ReviewReason::QueriesExhausted { queries },
             },
         );
-        self.commit(key, entry.as_ref(), vec![event])?;
+        self.write_events(key, entry.as_ref(), vec![event])?;
         tracing::warn!(key = %key, attempt = attempt.get(), queries, "escalated to manual review");
         Ok(true)
     }
@@ -128,7 +129,7 @@ impl Ledger {
                     outcome: Outcome::Unknown { reason },
                 },
             );
-            self.commit(&key, entry.as_ref(), vec![event])?;
+            self.write_events(&key, entry.as_ref(), vec![event])?;
             count += 1;
         }
         Ok(count)

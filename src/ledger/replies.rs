@@ -86,12 +86,12 @@ pub struct Health {
     /// Keys whose outcome is unknown.
     pub unknown: usize,
     /// Age of the oldest unknown outcome, in milliseconds.
-    pub oldest_unknown_ms: Option<u64>,
+    pub unknown_age_ms_max: Option<u64>,
     /// Keys with an attempt in flight.
     pub in_flight: usize,
     /// Age of the oldest attempt in flight, in milliseconds (a hung provider call shows here
     /// until its lease expires).
-    pub oldest_in_flight_ms: Option<u64>,
+    pub in_flight_age_ms_max: Option<u64>,
     /// Keys in manual review (the dead-letter).
     pub in_review: usize,
     /// Keys in conflict (possible double charge, needs a refund).

@@ -11,9 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::sync::atomic::Ordering;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FatalCause, Result};
 use crate::index::{IndexEntry, IndexWatermark};
 use crate::journal::codec::encode_event;
 use crate::journal::format::{ChainHash, GENESIS_HASH};
@@ -22,7 +21,8 @@ use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference, Sequence, U
 use crate::model::{Event, EventKind};
 use crate::model::{PaymentState, Phase, apply};
 
-use super::{Ledger, UnknownWait, lock};
+use super::{Ledger, UnknownWait};
+use crate::sync::lock;
 
 /// Tracks the highest journal sequence up to which every record is in the index: appends
 /// finish indexing out of order, the watermark advances only over a contiguous prefix.
@@ -30,13 +30,13 @@ use super::{Ledger, UnknownWait, lock};
 pub(super) struct Watermark {
     contiguous: IndexWatermark,
     /// Indexed appends beyond the prefix: first sequence → (last sequence, its chain hash).
-    done: BTreeMap<u64, (u64, ChainHash)>,
+    done: BTreeMap<Sequence, (Sequence, ChainHash)>,
 }
 
 impl Default for Watermark {
     fn default() -> Self {
         Self::at(IndexWatermark {
-            sequence: 0,
+            sequence: Sequence(0),
             chain_hash: GENESIS_HASH,
         })
     }
@@ -53,14 +53,14 @@ impl Watermark {
 
     /// Records that `sequences` (whose last record has chain hash `head`) are indexed; returns
     /// the new watermark.
-    fn complete(&mut self, sequences: RangeInclusive<u64>, head: ChainHash) -> IndexWatermark {
+    fn complete(&mut self, sequences: RangeInclusive<Sequence>, head: ChainHash) -> IndexWatermark {
         assert!(
             *sequences.start() > self.contiguous.sequence,
             "an append is indexed once"
         );
         self.done
             .insert(*sequences.start(), (*sequences.end(), head));
-        while let Some((last, hash)) = self.done.remove(&(self.contiguous.sequence + 1)) {
+        while let Some((last, hash)) = self.done.remove(&self.contiguous.sequence.next()) {
             self.contiguous = IndexWatermark {
                 sequence: last,
                 chain_hash: hash,
@@ -73,7 +73,7 @@ impl Watermark {
 impl Ledger {
     /// Checks `events` against the fold, appends them atomically, then updates the index.
     /// The caller holds the key's lock.
-    pub(super) fn commit(
+    pub(super) fn write_events(
         &self,
         key: &IdempotencyKey,
         before: Option<&IndexEntry>,
@@ -89,9 +89,9 @@ impl Ledger {
             .map(encode_event)
             .collect::<Result<Vec<_>>>()?;
         let appended = self.inner.journal.append_chained(payloads.clone())?;
-        let (first, last) = (appended.sequences.start().0, appended.sequences.end().0);
+        let (first, last) = (*appended.sequences.start(), *appended.sequences.end());
         assert_eq!(
-            last - first + 1,
+            last.0 - first.0 + 1,
             payloads.len() as u64,
             "one sequence per payload"
         );
@@ -106,7 +106,7 @@ impl Ledger {
             last_sequence: last,
         };
         self.watch_unknown(key, &after.state.phase);
-        let stored: Vec<(u64, &[u8])> = (first..=last)
+        let stored: Vec<(u64, &[u8])> = (first.0..=last.0)
             .zip(payloads.iter().map(Vec::as_slice))
             .collect();
         let reference = events.iter().find_map(started_reference);
@@ -121,8 +121,12 @@ impl Ledger {
             });
         if let Err(e) = indexed {
             tracing::error!(error = %e, key = %key, "index update failed after a durable append; ledger stopped until reopened");
-            self.inner.index_failed.store(true, Ordering::Release);
-            return Err(Error::IndexFailed);
+            let cause = FatalCause::new(
+                format!("updating the index after journal sequence {last}"),
+                index_io_error(e),
+            );
+            let cause = self.inner.index_failed.get_or_init(|| cause).clone();
+            return Err(Error::IndexFailed { cause });
         }
         Ok(after)
     }
@@ -175,7 +179,15 @@ impl Ledger {
     /// # Errors
     /// Index errors.
     pub fn index_watermark(&self) -> Result<Sequence> {
-        Ok(Sequence(self.inner.index.watermark()?.sequence))
+        Ok(self.inner.index.watermark()?.sequence)
+    }
+}
+
+/// The I/O error inside an index failure, or the failure itself as one.
+fn index_io_error(error: Error) -> std::io::Error {
+    match error {
+        Error::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
     }
 }
 

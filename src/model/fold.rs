@@ -37,8 +37,10 @@
 
 use super::event::{
     Event, EventKind, EvidenceSource, NotFoundPolicy, Outcome, QueryAnswer, Resolution,
+    ReviewReason,
 };
 use super::evidence::Verdict;
+use super::intent::{Fingerprint, Intent};
 use super::key::{AttemptNumber, IdempotencyKey, ProviderReference, UnixMillis};
 use super::rejection::{Rejection, RejectionReason};
 use super::state::{Contradiction, IntentSummary, PaymentState, Phase};
@@ -72,33 +74,28 @@ pub fn apply(state: &PaymentState, event: &Event) -> Result<PaymentState, Reject
     if event.key != state.key {
         return Err(reject(RejectionReason::KeyMismatch));
     }
-    let phase = match (&state.phase, &event.kind) {
+    let next = next_state(state, event).map_err(reject)?;
+    Ok(settle_beside_conflict(next))
+}
+
+/// The state after `event`, one rule per event kind.
+fn next_state(state: &PaymentState, event: &Event) -> Result<PaymentState, RejectionReason> {
+    let at = event.at;
+    let with_phase = |phase: Phase| {
+        let mut next = state.clone();
+        next.phase = phase;
+        next
+    };
+    match (&state.phase, &event.kind) {
         (
             Phase::Vacant,
             EventKind::IntentRecorded {
                 intent,
                 fingerprint,
             },
-        ) => {
-            if intent.fingerprint() != *fingerprint {
-                return Err(reject(RejectionReason::FingerprintMismatch));
-            }
-            let mut next = state.clone();
-            next.intent = Some(IntentSummary {
-                fingerprint: *fingerprint,
-                amount: intent.amount,
-                currency: intent.currency,
-                recorded_at: event.at,
-            });
-            next.phase = Phase::Ready {
-                next_attempt: AttemptNumber::FIRST,
-            };
-            return Ok(next);
-        }
-        (Phase::Vacant, _) => return Err(reject(RejectionReason::NoIntent)),
-        (_, EventKind::IntentRecorded { .. }) => {
-            return Err(reject(RejectionReason::IntentAlreadyRecorded));
-        }
+        ) => record_intent(state, intent, fingerprint, at),
+        (Phase::Vacant, _) => Err(RejectionReason::NoIntent),
+        (_, EventKind::IntentRecorded { .. }) => Err(RejectionReason::IntentAlreadyRecorded),
         (
             _,
             EventKind::AttemptStarted {
@@ -106,28 +103,26 @@ pub fn apply(state: &PaymentState, event: &Event) -> Result<PaymentState, Reject
                 provider_reference,
             },
         ) => {
-            let phase =
-                start_attempt(state, *attempt, provider_reference, event.at).map_err(reject)?;
-            let mut next = state.clone();
+            let phase = start_attempt(state, *attempt, provider_reference, at)?;
+            let mut next = with_phase(phase);
             next.attempts_started = attempt.get();
-            next.phase = phase;
-            return Ok(next);
+            Ok(next)
         }
         (_, EventKind::OutcomeReported { attempt, outcome }) => {
-            report_outcome(state, *attempt, outcome, event.at).map_err(reject)?
+            report_outcome(state, *attempt, outcome, at).map(with_phase)
         }
         (_, EventKind::ProviderQueried { attempt, answer }) => {
-            query_answered(state, *attempt, answer, event.at).map_err(reject)?
+            query_answered(state, *attempt, answer, at).map(with_phase)
         }
         (
             _,
             EventKind::EvidenceReceived {
                 attempt, finding, ..
             },
-        ) => match state.weigh(*attempt, finding).map_err(reject)? {
-            Verdict::Agrees => state.phase.clone(),
-            Verdict::Settles(phase) => phase,
-            Verdict::Contradicts => return Err(reject(RejectionReason::ConflictingEvidence)),
+        ) => match state.weigh(*attempt, finding)? {
+            Verdict::Agrees => Ok(state.clone()),
+            Verdict::Settles(phase) => Ok(with_phase(phase)),
+            Verdict::Contradicts => Err(RejectionReason::ConflictingEvidence),
         },
         (
             _,
@@ -136,49 +131,18 @@ pub fn apply(state: &PaymentState, event: &Event) -> Result<PaymentState, Reject
                 source,
                 finding,
             },
-        ) => match state.weigh(*attempt, finding).map_err(reject)? {
-            Verdict::Contradicts => {
-                let contradiction = Contradiction {
-                    attempt: *attempt,
-                    source: *source,
-                    finding: finding.clone(),
-                    since: event.at,
-                };
-                match state.open_attempt() {
-                    // The first conflict stays the one reported; later ones are in the history.
-                    _ if matches!(state.phase, Phase::Conflict { .. }) => state.phase.clone(),
-                    // Another attempt may still have charged: it stays open (and reconciled);
-                    // the conflict waits beside it.
-                    Some(open) if open != *attempt => {
-                        let mut next = state.clone();
-                        next.conflict.get_or_insert(contradiction);
-                        return Ok(next);
-                    }
-                    _ => contradiction.into_phase(),
-                }
-            }
-            Verdict::Agrees | Verdict::Settles(_) => {
-                return Err(reject(RejectionReason::NotAConflict));
-            }
-        },
-        (_, EventKind::EscalatedToReview { attempt, reason }) => match &state.phase {
-            Phase::Unknown {
-                attempt: current,
-                started_at,
-                ..
-            } if current == attempt => Phase::InReview {
+        ) => {
+            let contradiction = Contradiction {
                 attempt: *attempt,
-                started_at: *started_at,
-                since: event.at,
-                reason: *reason,
-            },
-            Phase::InReview { .. } => return Err(reject(RejectionReason::AlreadyInReview)),
-            _ => {
-                return Err(reject(RejectionReason::NotAwaitingReconciliation {
-                    attempt: attempt.get(),
-                }));
-            }
-        },
+                source: *source,
+                finding: finding.clone(),
+                since: at,
+            };
+            conflict_detected(state, contradiction)
+        }
+        (_, EventKind::EscalatedToReview { attempt, reason }) => {
+            escalated(state, *attempt, *reason, at).map(with_phase)
+        }
         (
             _,
             EventKind::ResolvedByOperator {
@@ -186,18 +150,89 @@ pub fn apply(state: &PaymentState, event: &Event) -> Result<PaymentState, Reject
                 resolution,
                 ..
             },
-        ) => resolve(state, *attempt, resolution).map_err(reject)?,
-    };
-    let mut next = state.clone();
-    next.phase = phase;
+        ) => resolve(state, *attempt, resolution).map(with_phase),
+    }
+}
+
+/// Once the attempt that was still in doubt beside a contradiction is settled, the key ends in
+/// the conflict.
+fn settle_beside_conflict(mut next: PaymentState) -> PaymentState {
     if next.open_attempt().is_none()
         && !matches!(next.phase, Phase::Conflict { .. })
         && let Some(conflict) = next.conflict.clone()
     {
-        // The attempt that was still in doubt is settled: the key ends in the conflict.
         next.phase = conflict.into_phase();
     }
+    next
+}
+
+fn record_intent(
+    state: &PaymentState,
+    intent: &Intent,
+    fingerprint: &Fingerprint,
+    at: UnixMillis,
+) -> Result<PaymentState, RejectionReason> {
+    if intent.fingerprint() != *fingerprint {
+        return Err(RejectionReason::FingerprintMismatch);
+    }
+    let mut next = state.clone();
+    next.intent = Some(IntentSummary {
+        fingerprint: *fingerprint,
+        amount: intent.amount,
+        currency: intent.currency,
+        recorded_at: at,
+    });
+    next.phase = Phase::Ready {
+        next_attempt: AttemptNumber::FIRST,
+    };
     Ok(next)
+}
+
+fn conflict_detected(
+    state: &PaymentState,
+    contradiction: Contradiction,
+) -> Result<PaymentState, RejectionReason> {
+    match state.weigh(contradiction.attempt, &contradiction.finding)? {
+        Verdict::Agrees | Verdict::Settles(_) => Err(RejectionReason::NotAConflict),
+        // The first conflict stays the one reported; later ones are in the history.
+        Verdict::Contradicts if matches!(state.phase, Phase::Conflict { .. }) => Ok(state.clone()),
+        Verdict::Contradicts => {
+            let mut next = state.clone();
+            match state.open_attempt() {
+                // Another attempt may still have charged: it stays open (and reconciled); the
+                // conflict waits beside it.
+                Some(open) if open != contradiction.attempt => {
+                    next.conflict.get_or_insert(contradiction);
+                }
+                _ => next.phase = contradiction.into_phase(),
+            }
+            Ok(next)
+        }
+    }
+}
+
+fn escalated(
+    state: &PaymentState,
+    attempt: AttemptNumber,
+    reason: ReviewReason,
+    at: UnixMillis,
+) -> Result<Phase, RejectionReason> {
+    match &state.phase {
+        Phase::Unknown {
+            attempt: current,
+            started_at,
+            ..
+        } if *current == attempt => Ok(Phase::InReview {
+            attempt,
+            started_at: *started_at,
+            since: at,
+            reason,
+        }),
+        Phase::InReview { .. } => Err(RejectionReason::AlreadyInReview),
+        _ => Err(RejectionReason::NotAwaitingReconciliation {
+            attempt: attempt.get(),
+        }),
+    }
 }
 
 fn start_attempt(

@@ -349,6 +349,14 @@ impl fmt::Display for UnixMillis {
 )]
 pub struct Sequence(pub u64);
 
+impl Sequence {
+    /// The sequence after this one. Sequences stay below 2^62 (`limits::SEQUENCE_MAX`), so this
+    /// never overflows.
+    pub fn next(self) -> Sequence {
+        Sequence(self.0.saturating_add(1))
+    }
+}
+
 impl fmt::Display for Sequence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

@@ -26,8 +26,8 @@ use crate::limits::{BACKOFF_MS_MAX, QUERIES_MAX, RECONCILE_BATCH_MAX};
 pub struct ReconcileConfig {
     not_found: NotFoundPolicy,
     queries_max: u32,
-    backoff_initial_ms: u64,
-    backoff_max_ms: u64,
+    backoff_ms_initial: u64,
+    backoff_ms_max: u64,
     batch_max: usize,
 }
 
@@ -38,8 +38,8 @@ impl Default for ReconcileConfig {
         Self {
             not_found: NotFoundPolicy::DEFAULT,
             queries_max: 12,
-            backoff_initial_ms: 1_000,
-            backoff_max_ms: 600_000,
+            backoff_ms_initial: 1_000,
+            backoff_ms_max: 600_000,
             batch_max: 100,
         }
     }
@@ -48,7 +48,7 @@ impl Default for ReconcileConfig {
 impl ReconcileConfig {
     /// A configuration: `not_found` decides when "not found" is trusted; after `queries_max`
     /// answers that settle nothing the key is escalated to review; queries back off
-    /// exponentially from `backoff_initial_ms` to `backoff_max_ms`; a pass examines at most
+    /// exponentially from `backoff_ms_initial` to `backoff_ms_max`; a pass examines at most
     /// `batch_max` keys.
     ///
     /// # Errors
@@ -58,8 +58,8 @@ impl ReconcileConfig {
     pub fn new(
         not_found: NotFoundPolicy,
         queries_max: u32,
-        backoff_initial_ms: u64,
-        backoff_max_ms: u64,
+        backoff_ms_initial: u64,
+        backoff_ms_max: u64,
         batch_max: usize,
     ) -> Result<Self, InputError> {
         check_range(
@@ -68,14 +68,14 @@ impl ReconcileConfig {
             u64::from(not_found.consistent_answers_min()),
             u64::from(QUERIES_MAX),
         )?;
-        check_range("backoff_max_ms", backoff_max_ms, 1, BACKOFF_MS_MAX)?;
-        check_range("backoff_initial_ms", backoff_initial_ms, 1, backoff_max_ms)?;
+        check_range("backoff_ms_max", backoff_ms_max, 1, BACKOFF_MS_MAX)?;
+        check_range("backoff_ms_initial", backoff_ms_initial, 1, backoff_ms_max)?;
         check_range("batch_max", batch_max as u64, 1, RECONCILE_BATCH_MAX as u64)?;
         Ok(Self {
             not_found,
             queries_max,
-            backoff_initial_ms,
-            backoff_max_ms,
+            backoff_ms_initial,
+            backoff_ms_max,
             batch_max,
         })
     }
@@ -91,13 +91,13 @@ impl ReconcileConfig {
     }
 
     /// Wait before the first query after an attempt became unknown.
-    pub fn backoff_initial_ms(&self) -> u64 {
-        self.backoff_initial_ms
+    pub fn backoff_ms_initial(&self) -> u64 {
+        self.backoff_ms_initial
     }
 
     /// Longest wait between queries.
-    pub fn backoff_max_ms(&self) -> u64 {
-        self.backoff_max_ms
+    pub fn backoff_ms_max(&self) -> u64 {
+        self.backoff_ms_max
     }
 
     /// Keys examined per reconciler pass.
@@ -106,7 +106,7 @@ impl ReconcileConfig {
     }
 
     /// When an unknown key should next be queried, given its last event's time: exponential
-    /// backoff from `backoff_initial_ms`, capped at `backoff_max_ms`, plus up to 25 % jitter
+    /// backoff from `backoff_ms_initial`, capped at `backoff_ms_max`, plus up to 25 % jitter
     /// derived from the key (deterministic, so the index can be rebuilt to the same schedule).
     pub fn next_query_at(
         &self,
@@ -118,9 +118,9 @@ impl ReconcileConfig {
             return None;
         };
         let base = self
-            .backoff_initial_ms
+            .backoff_ms_initial
             .saturating_mul(1u64 << (*queries).min(32))
-            .min(self.backoff_max_ms);
+            .min(self.backoff_ms_max);
         let mut hasher = blake3::Hasher::new();
         hasher.update(key.as_str().as_bytes());
         hasher.update(&queries.to_le_bytes());

@@ -67,7 +67,7 @@ pub(crate) struct SimProvider(pub Arc<Mutex<ProviderState>>);
 
 impl SimProvider {
     pub fn state(&self) -> MutexGuard<'_, ProviderState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&*self.0)
     }
 }
 

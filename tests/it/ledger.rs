@@ -536,7 +536,7 @@ fn an_outcome_that_cannot_be_written_leaves_the_key_unknown_not_retryable() {
     );
     let health = ledger.health().unwrap();
     assert_eq!((health.unknown, health.in_flight), (1, 0), "{health:?}");
-    assert!(health.oldest_unknown_ms.is_some());
+    assert!(health.unknown_age_ms_max.is_some());
     assert!(matches!(
         ledger.begin(&key("other"), &intent(900)),
         Err(Error::Poisoned { .. })

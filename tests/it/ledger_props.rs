@@ -223,7 +223,7 @@ fn expected_failure(error: &Error, injected: bool) -> Result<(), TestCaseError> 
     prop_assert!(
         matches!(
             error,
-            Error::AppendFailed { .. } | Error::Poisoned { .. } | Error::IndexFailed
+            Error::AppendFailed { .. } | Error::Poisoned { .. } | Error::IndexFailed { .. }
         ),
         "unexpected error kind: {:?}",
         error
