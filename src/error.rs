@@ -315,6 +315,38 @@ pub enum Corruption {
         /// Where the intact record starts.
         intact_at: u64,
     },
+    /// Fewer bytes remain than a commit frame header needs.
+    #[error("{available} bytes left, a commit frame header needs 32")]
+    FrameHeaderCut {
+        /// Bytes left.
+        available: usize,
+    },
+    /// A commit frame header does not start with the frame magic.
+    #[error("bad commit frame magic")]
+    FrameMagic,
+    /// A commit frame header's crc does not match.
+    #[error("commit frame header crc mismatch")]
+    FrameHeaderCrc,
+    /// A commit frame's body length or record count is impossible.
+    #[error("commit frame of {body_len} body bytes and {records} records is impossible")]
+    FrameLength {
+        /// The body length field.
+        body_len: u32,
+        /// The record count field.
+        records: u32,
+    },
+    /// A commit frame's body does not match its crc.
+    #[error("commit frame body crc mismatch")]
+    FrameCrc,
+    /// A commit frame's records do not fill its body exactly.
+    #[error("commit frame records do not fill its body")]
+    FrameMismatch,
+    /// Non-zero bytes after the end of the journal, beyond what a torn commit can explain.
+    #[error("non-zero bytes at offset {at} after the journal's end")]
+    GarbageAfterEnd {
+        /// Where.
+        at: u64,
+    },
     /// The records of an atomic append stop before its last record.
     #[error("atomic append cut short")]
     AppendCutShort,
@@ -424,9 +456,10 @@ pub enum IndexError {
         /// Why.
         reason: String,
     },
-    /// An entry of the index is not what this code writes.
-    #[error("malformed entry: {what}")]
-    Malformed {
+    /// An entry of the index fails its checksum or does not decode: the index's own files are
+    /// damaged (the journal is not involved). Rebuild the index from the journal.
+    #[error("damaged {what}: rebuild the index from the journal (payledger rebuild-index)")]
+    Damaged {
         /// Which entry.
         what: &'static str,
     },

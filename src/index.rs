@@ -1,19 +1,27 @@
 //! The sled index: what must be found fast without replaying history. The only file that
 //! names sled.
 //!
-//! Invariant: the index is derived data. Everything in it is a function of the journal up to
-//! its watermark, it is written after the journal sync and never synced per operation, and it
-//! can be deleted at any time: the ledger rebuilds it from the journal.
+//! Invariants:
+//! - the index is derived data: everything in it is a function of the journal up to its
+//!   watermark; it is written after the journal sync, never synced per operation, and can be
+//!   deleted at any time (the ledger rebuilds it from the journal);
+//! - everything one commit changes (state, lists, schedule, reference, history and the
+//!   watermark) is one atomic sled batch, so a crash leaves the index at some earlier watermark
+//!   with exactly the entries of that watermark, never half a commit;
+//! - every value carries a crc32 of its key and bytes: damage inside sled's files is reported
+//!   as [`IndexError::Damaged`] naming the index, never served as a state and never blamed on the
+//!   journal.
 //!
-//! Trees:
-//! - `states`: key → [`IndexEntry`] (current state, sequence of its last event, next query time);
-//! - `phases`: phase tag ‖ key → () — keys by phase, ordered by key for cursor pagination;
-//! - `schedule`: next query time (u64 BE) ‖ key → () — unknown keys by when to query them;
-//! - `references`: provider reference → key;
-//! - `history`: key ‖ 0x00 ‖ sequence (u64 BE) → event payload;
-//! - `meta`: `format` → index format version, `watermark` → last journal sequence reflected
-//!   (u64 BE) followed by the chain hash of that record (32 bytes), so that an index is tied to
-//!   its journal: an index of another journal, or of a later copy, is recognised on open.
+//! Layout: one sled tree, `index`, keys prefixed by their kind:
+//! - `s` ‖ key → [`IndexEntry`] (current state, sequence of its last event, next query time);
+//! - `p` ‖ phase tag ‖ key → () — keys by phase, ordered by key for cursor pagination;
+//! - `q` ‖ next query time (u64 BE) ‖ key → () — unknown keys by when to query them;
+//! - `r` ‖ provider reference → key;
+//! - `h` ‖ key ‖ 0x00 ‖ sequence (u64 BE) → event payload;
+//! - `m` ‖ `format` → index format version; `m` ‖ `watermark` → last journal sequence reflected
+//!   (u64 BE) and the chain hash of that record (32 bytes), which ties the index to its journal.
+//!
+//! Values are `crc32 (u32 LE) ‖ bytes`, the crc taken over the full sled key and the bytes.
 
 use std::path::{Path, PathBuf};
 
@@ -22,17 +30,26 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, IndexError, Result};
 use crate::journal::codec::{decode_value, encode_value};
 use crate::journal::format::{ChainHash, GENESIS_HASH};
-use crate::model::{IdempotencyKey, ProviderReference, Sequence, UnixMillis};
-use crate::model::{PaymentState, PhaseKind};
+use crate::model::{
+    IdempotencyKey, PaymentState, PhaseKind, ProviderReference, Sequence, UnixMillis,
+};
 
 /// Bumped whenever the index layout changes; an index of another version is rebuilt.
-const INDEX_FORMAT_VERSION: u64 = 2;
+const INDEX_FORMAT_VERSION: u64 = 3;
 
 /// The files and directories sled keeps in an index directory: the only entries payledger ever
 /// deletes there.
 const SLED_ENTRIES: [&str; 3] = ["conf", "db", "blobs"];
 /// sled's snapshot files start with this.
 const SLED_SNAPSHOT_PREFIX: &str = "snap.";
+
+const STATE: u8 = b's';
+const PHASE: u8 = b'p';
+const SCHEDULE: u8 = b'q';
+const REFERENCE: u8 = b'r';
+const HISTORY: u8 = b'h';
+const META: u8 = b'm';
+const CRC_LEN: usize = 4;
 
 /// The position an index reflects: the journal sequence up to which every record is applied,
 /// and the chain hash of that record (zeros for an empty journal).
@@ -60,16 +77,24 @@ pub(crate) struct StoredEvent {
     pub payload: Vec<u8>,
 }
 
+/// What one commit changes in the index, applied as one atomic batch.
+pub(crate) struct IndexUpdate<'a> {
+    pub key: &'a IdempotencyKey,
+    pub before: Option<&'a IndexEntry>,
+    pub after: &'a IndexEntry,
+    /// The events' sequences and payloads.
+    pub events: &'a [(u64, &'a [u8])],
+    /// The provider reference an `AttemptStarted` among them issued.
+    pub new_reference: Option<&'a ProviderReference>,
+    /// The watermark after this commit, written in the same batch.
+    pub watermark: Option<IndexWatermark>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Index {
     path: PathBuf,
     db: sled::Db,
-    states: sled::Tree,
-    phases: sled::Tree,
-    schedule: sled::Tree,
-    references: sled::Tree,
-    history: sled::Tree,
-    meta: sled::Tree,
+    tree: sled::Tree,
 }
 
 /// An index error naming the index directory.
@@ -87,24 +112,57 @@ fn sled_error(error: sled::Error) -> IndexError {
     }
 }
 
-fn phase_key(phase: PhaseKind, key: &IdempotencyKey) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(1 + key.as_str().len());
-    bytes.push(phase as u8);
-    bytes.extend_from_slice(key.as_str().as_bytes());
+fn prefixed(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    bytes.push(prefix);
+    for part in parts {
+        bytes.extend_from_slice(part);
+    }
     bytes
 }
 
+fn state_key(key: &IdempotencyKey) -> Vec<u8> {
+    prefixed(STATE, &[key.as_str().as_bytes()])
+}
+
+fn phase_key(phase: PhaseKind, key: &IdempotencyKey) -> Vec<u8> {
+    prefixed(PHASE, &[&[phase as u8], key.as_str().as_bytes()])
+}
+
 fn schedule_key(at: UnixMillis, key: &IdempotencyKey) -> Vec<u8> {
-    let mut bytes = at.0.to_be_bytes().to_vec();
-    bytes.extend_from_slice(key.as_str().as_bytes());
-    bytes
+    prefixed(SCHEDULE, &[&at.0.to_be_bytes(), key.as_str().as_bytes()])
+}
+
+fn reference_key(reference: &ProviderReference) -> Vec<u8> {
+    prefixed(REFERENCE, &[reference.as_str().as_bytes()])
 }
 
 fn history_prefix(key: &IdempotencyKey) -> Vec<u8> {
     // Keys are visible ASCII, so 0x00 cannot occur inside one.
-    let mut bytes = key.as_str().as_bytes().to_vec();
-    bytes.push(0);
-    bytes
+    prefixed(HISTORY, &[key.as_str().as_bytes(), &[0]])
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    prefixed(META, &[name.as_bytes()])
+}
+
+/// `crc32(sled key ‖ bytes) ‖ bytes`.
+fn sealed(sled_key: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(sled_key);
+    crc.update(bytes);
+    let mut value = crc.finalize().to_le_bytes().to_vec();
+    value.extend_from_slice(bytes);
+    value
+}
+
+/// The bytes of a sealed value, if its crc matches.
+fn unsealed<'v>(sled_key: &[u8], value: &'v [u8]) -> Option<&'v [u8]> {
+    let (crc, bytes) = value.split_first_chunk::<CRC_LEN>()?;
+    let mut check = crc32fast::Hasher::new();
+    check.update(sled_key);
+    check.update(bytes);
+    (check.finalize() == u32::from_le_bytes(*crc)).then_some(bytes)
 }
 
 /// The lists a key appears in: its phase, and `Conflict` too while a contradiction waits beside
@@ -127,10 +185,22 @@ impl Index {
         self.error(sled_error(error))
     }
 
+    fn damaged(&self, what: &'static str) -> Error {
+        self.error(IndexError::Damaged { what })
+    }
+
     fn key_from(&self, bytes: &[u8]) -> Result<IdempotencyKey> {
-        let malformed = || self.error(IndexError::Malformed { what: "key" });
-        let text = std::str::from_utf8(bytes).map_err(|_| malformed())?;
-        IdempotencyKey::new(text).map_err(|_| malformed())
+        let text = std::str::from_utf8(bytes).map_err(|_| self.damaged("key"))?;
+        IdempotencyKey::new(text).map_err(|_| self.damaged("key"))
+    }
+
+    /// The checked bytes of the value at `sled_key`.
+    fn read(&self, sled_key: &[u8], what: &'static str) -> Result<Option<Vec<u8>>> {
+        let Some(value) = self.tree.get(sled_key).map_err(|e| self.sled(e))? else {
+            return Ok(None);
+        };
+        let bytes = unsealed(sled_key, &value).ok_or_else(|| self.damaged(what))?;
+        Ok(Some(bytes.to_vec()))
     }
 
     /// Opens the index at `path`. `Ok(Err(reason))` means it exists but is unusable
@@ -143,56 +213,49 @@ impl Index {
             }
             Err(e) => return Ok(Err(format!("sled cannot open it: {e}"))),
         };
-        let tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|e| index_error(path, sled_error(e)))
-        };
+        let tree = db
+            .open_tree("index")
+            .map_err(|e| index_error(path, sled_error(e)))?;
         let index = Self {
             path: path.to_path_buf(),
-            states: tree("states")?,
-            phases: tree("phases")?,
-            schedule: tree("schedule")?,
-            references: tree("references")?,
-            history: tree("history")?,
-            meta: tree("meta")?,
             db,
+            tree,
         };
-        match index.meta_u64("format")? {
-            None if index.states.is_empty() => {
-                index.set_meta_u64("format", INDEX_FORMAT_VERSION)?;
+        match index.format() {
+            Ok(Some(INDEX_FORMAT_VERSION)) => Ok(Ok(index)),
+            Ok(None) if index.tree.is_empty() => {
+                index.set_format()?;
+                Ok(Ok(index))
             }
-            Some(INDEX_FORMAT_VERSION) => {}
-            Some(other) => {
-                return Ok(Err(format!(
-                    "index format {other}, expected {INDEX_FORMAT_VERSION}"
-                )));
-            }
-            None => return Ok(Err("index has no format marker".into())),
+            Ok(Some(other)) => Ok(Err(format!(
+                "index format {other}, expected {INDEX_FORMAT_VERSION}"
+            ))),
+            Ok(None) => Ok(Err("index has no format marker".into())),
+            Err(e) => Ok(Err(format!("index format marker unreadable: {e}"))),
         }
-        Ok(Ok(index))
     }
 
-    fn meta_u64(&self, name: &str) -> Result<Option<u64>> {
-        let Some(bytes) = self.meta.get(name).map_err(|e| self.sled(e))? else {
+    fn format(&self) -> Result<Option<u64>> {
+        let Some(bytes) = self.read(&meta_key("format"), "format marker")? else {
             return Ok(None);
         };
         let word: [u8; 8] = bytes
-            .as_ref()
+            .as_slice()
             .try_into()
-            .map_err(|_| self.error(IndexError::Malformed { what: "meta u64" }))?;
+            .map_err(|_| self.damaged("format marker"))?;
         Ok(Some(u64::from_be_bytes(word)))
     }
 
-    fn set_meta_u64(&self, name: &str, value: u64) -> Result<()> {
-        self.meta
-            .insert(name, &value.to_be_bytes())
-            .map_err(|e| self.sled(e))?;
+    fn set_format(&self) -> Result<()> {
+        let key = meta_key("format");
+        let value = sealed(&key, &INDEX_FORMAT_VERSION.to_be_bytes());
+        self.tree.insert(key, value).map_err(|e| self.sled(e))?;
         Ok(())
     }
 
     /// The journal position the index reflects.
     pub fn watermark(&self) -> Result<IndexWatermark> {
-        let Some(bytes) = self.meta.get("watermark").map_err(|e| self.sled(e))? else {
+        let Some(bytes) = self.read(&meta_key("watermark"), "watermark")? else {
             return Ok(IndexWatermark {
                 sequence: Sequence(0),
                 chain_hash: GENESIS_HASH,
@@ -200,25 +263,26 @@ impl Index {
         };
         let (sequence, hash) = bytes
             .split_first_chunk::<8>()
-            .ok_or_else(|| self.error(IndexError::Malformed { what: "watermark" }))?;
-        let chain_hash: ChainHash = hash.try_into().map_err(|_| {
-            self.error(IndexError::Malformed {
-                what: "watermark hash",
-            })
-        })?;
+            .ok_or_else(|| self.damaged("watermark"))?;
+        let chain_hash: ChainHash = hash.try_into().map_err(|_| self.damaged("watermark"))?;
         Ok(IndexWatermark {
             sequence: Sequence(u64::from_be_bytes(*sequence)),
             chain_hash,
         })
     }
 
-    /// Records that every journal record up to `watermark` is reflected.
-    pub fn set_watermark(&self, watermark: IndexWatermark) -> Result<()> {
+    fn watermark_value(watermark: IndexWatermark) -> (Vec<u8>, Vec<u8>) {
+        let key = meta_key("watermark");
         let mut bytes = watermark.sequence.0.to_be_bytes().to_vec();
         bytes.extend_from_slice(&watermark.chain_hash);
-        self.meta
-            .insert("watermark", bytes)
-            .map_err(|e| self.sled(e))?;
+        let value = sealed(&key, &bytes);
+        (key, value)
+    }
+
+    /// Records that every journal record up to `watermark` is reflected.
+    pub fn set_watermark(&self, watermark: IndexWatermark) -> Result<()> {
+        let (key, value) = Self::watermark_value(watermark);
+        self.tree.insert(key, value).map_err(|e| self.sled(e))?;
         Ok(())
     }
 
@@ -250,66 +314,68 @@ impl Index {
     }
 
     /// The entry of `key`.
+    ///
+    /// # Errors
+    /// [`IndexError::Damaged`] if its bytes fail their check.
     pub fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
-        self.states
-            .get(key.as_str())
-            .map_err(|e| self.sled(e))?
-            .map(|bytes| decode_value(&bytes))
+        self.read(&state_key(key), "state entry")?
+            .map(|bytes| decode_value(&bytes).map_err(|_| self.damaged("state entry")))
             .transpose()
     }
 
-    /// Stores the entry of `key` after `events` (sequence, payload), replacing `before`.
-    pub fn put(
-        &self,
-        key: &IdempotencyKey,
-        before: Option<&IndexEntry>,
-        after: &IndexEntry,
-        events: &[(u64, &[u8])],
-        new_reference: Option<&ProviderReference>,
-    ) -> Result<()> {
+    /// Applies one commit's changes, atomically.
+    pub fn put(&self, update: &IndexUpdate<'_>) -> Result<()> {
+        let IndexUpdate {
+            key,
+            before,
+            after,
+            events,
+            new_reference,
+            watermark,
+        } = update;
+        let mut batch = sled::Batch::default();
         if let Some(before) = before {
             assert!(
                 after.last_sequence > before.last_sequence,
                 "an index entry's last sequence only grows"
             );
             for kind in listed_as(&before.state) {
-                self.phases
-                    .remove(phase_key(kind, key))
-                    .map_err(|e| self.sled(e))?;
+                batch.remove(phase_key(kind, key));
             }
             if let Some(at) = before.next_query_at {
-                self.schedule
-                    .remove(schedule_key(at, key))
-                    .map_err(|e| self.sled(e))?;
+                batch.remove(schedule_key(at, key));
             }
         }
         for kind in listed_as(&after.state) {
-            self.phases
-                .insert(phase_key(kind, key), &[])
-                .map_err(|e| self.sled(e))?;
+            let sled_key = phase_key(kind, key);
+            let value = sealed(&sled_key, &[]);
+            batch.insert(sled_key, value);
         }
         if let Some(at) = after.next_query_at {
-            self.schedule
-                .insert(schedule_key(at, key), &[])
-                .map_err(|e| self.sled(e))?;
+            let sled_key = schedule_key(at, key);
+            let value = sealed(&sled_key, &[]);
+            batch.insert(sled_key, value);
         }
         if let Some(reference) = new_reference {
-            self.references
-                .insert(reference.as_str(), key.as_str())
-                .map_err(|e| self.sled(e))?;
+            let sled_key = reference_key(reference);
+            let value = sealed(&sled_key, key.as_str().as_bytes());
+            batch.insert(sled_key, value);
         }
         let prefix = history_prefix(key);
-        for (sequence, payload) in events {
-            let mut history_key = prefix.clone();
-            history_key.extend_from_slice(&sequence.to_be_bytes());
-            self.history
-                .insert(history_key, *payload)
-                .map_err(|e| self.sled(e))?;
+        for (sequence, payload) in *events {
+            let mut sled_key = prefix.clone();
+            sled_key.extend_from_slice(&sequence.to_be_bytes());
+            let value = sealed(&sled_key, payload);
+            batch.insert(sled_key, value);
         }
-        self.states
-            .insert(key.as_str(), encode_value(after)?)
-            .map_err(|e| self.sled(e))?;
-        Ok(())
+        let sled_key = state_key(key);
+        let value = sealed(&sled_key, &encode_value(*after)?);
+        batch.insert(sled_key, value);
+        if let Some(watermark) = watermark {
+            let (sled_key, value) = Self::watermark_value(*watermark);
+            batch.insert(sled_key, value);
+        }
+        self.tree.apply_batch(batch).map_err(|e| self.sled(e))
     }
 
     /// Keys in `phase`, ordered by key, strictly after `after`, at most `limit`.
@@ -319,7 +385,7 @@ impl Index {
         after: Option<&IdempotencyKey>,
         limit: usize,
     ) -> Result<Vec<IdempotencyKey>> {
-        let prefix = [phase as u8];
+        let prefix = [PHASE, phase as u8];
         let start = match after {
             Some(after) => {
                 let mut start = phase_key(phase, after);
@@ -329,31 +395,33 @@ impl Index {
             None => prefix.to_vec(),
         };
         let mut keys = Vec::new();
-        for item in self.phases.range(start..) {
+        for item in self.tree.range(start..) {
             let (bytes, _) = item.map_err(|e| self.sled(e))?;
             if !bytes.starts_with(&prefix) || keys.len() >= limit {
                 break;
             }
-            keys.push(self.key_from(&bytes[1..])?);
+            keys.push(self.key_from(&bytes[prefix.len()..])?);
         }
         Ok(keys)
     }
 
     /// How many keys are in `phase`.
     pub fn count(&self, phase: PhaseKind) -> usize {
-        self.phases.scan_prefix([phase as u8]).count()
+        self.tree.scan_prefix([PHASE, phase as u8]).count()
     }
 
     /// Unknown keys whose query time is at or before `now`, earliest first, at most `limit`.
     pub fn due(&self, now: UnixMillis, limit: usize) -> Result<Vec<IdempotencyKey>> {
         let mut keys = Vec::new();
+        let start = [SCHEDULE];
         // Every entry of a later time sorts after that time's 8 bytes alone.
-        for item in self.schedule.range(..now.plus_ms(1).0.to_be_bytes()) {
+        let end = prefixed(SCHEDULE, &[&now.plus_ms(1).0.to_be_bytes()]);
+        for item in self.tree.range(start.to_vec()..end) {
             let (bytes, _) = item.map_err(|e| self.sled(e))?;
             if keys.len() >= limit {
                 break;
             }
-            keys.push(self.key_from(bytes.get(8..).unwrap_or_default())?);
+            keys.push(self.key_from(bytes.get(1 + 8..).unwrap_or_default())?);
         }
         Ok(keys)
     }
@@ -363,9 +431,7 @@ impl Index {
         &self,
         reference: &ProviderReference,
     ) -> Result<Option<IdempotencyKey>> {
-        self.references
-            .get(reference.as_str())
-            .map_err(|e| self.sled(e))?
+        self.read(&reference_key(reference), "reference")?
             .map(|bytes| self.key_from(&bytes))
             .transpose()
     }
@@ -374,16 +440,13 @@ impl Index {
     pub fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>> {
         let prefix = history_prefix(key);
         let mut events = Vec::new();
-        for item in self.history.scan_prefix(&prefix) {
-            let (bytes, payload) = item.map_err(|e| self.sled(e))?;
-            let word: [u8; 8] = bytes
+        for item in self.tree.scan_prefix(&prefix) {
+            let (sled_key, value) = item.map_err(|e| self.sled(e))?;
+            let word: [u8; 8] = sled_key
                 .get(prefix.len()..)
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| {
-                    self.error(IndexError::Malformed {
-                        what: "history key",
-                    })
-                })?;
+                .ok_or_else(|| self.damaged("history key"))?;
+            let payload = unsealed(&sled_key, &value).ok_or_else(|| self.damaged("history"))?;
             events.push(StoredEvent {
                 sequence: u64::from_be_bytes(word),
                 payload: payload.to_vec(),
@@ -392,19 +455,10 @@ impl Index {
         Ok(events)
     }
 
-    /// Empties every tree (before a rebuild).
+    /// Empties the index (before a rebuild).
     pub fn clear(&self) -> Result<()> {
-        for tree in [
-            &self.states,
-            &self.phases,
-            &self.schedule,
-            &self.references,
-            &self.history,
-            &self.meta,
-        ] {
-            tree.clear().map_err(|e| self.sled(e))?;
-        }
-        self.set_meta_u64("format", INDEX_FORMAT_VERSION)
+        self.tree.clear().map_err(|e| self.sled(e))?;
+        self.set_format()
     }
 
     /// Writes sled's buffers to disk (not needed for correctness: the index is derived).

@@ -55,7 +55,7 @@ pub struct ReadmeDoctests;
 pub use clock::{Clock, ManualClock, MonotonicMillis, SystemClock};
 pub use error::{CodecError, Corruption, Error, FatalCause, IndexError, Result, TooLarge};
 #[cfg(feature = "sim")]
-pub use journal::simdisk::{CrashMode, SimDisk};
+pub use journal::simdisk::{CrashMode, PowerLossCounts, SimDisk};
 pub use journal::storage::{FsStorage, Storage};
 pub use journal::{Appended, Journal, JournalConfig, RecoveryReport, TornTail, VerifyReport};
 

@@ -76,6 +76,11 @@ pub const ATOMIC_RECORDS_MAX: usize = 8;
 /// Appends that may wait for a group commit at once; more callers block (back-pressure).
 pub const COMMIT_QUEUE_LEN_MAX: usize = 4_096;
 
+/// Bytes one group commit writes at most (one commit frame, header included). A power cut can
+/// damage only the last, unsynced commit, so recovery looks for torn bytes at most this far past
+/// the journal's end. The largest atomic append (8 records of 64 KiB) fits many times over.
+pub const COMMIT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 /// Records written by one group commit; bounds the size of one write.
 pub const COMMIT_BATCH_RECORDS_MAX: usize = 1_024;
 
@@ -128,3 +133,4 @@ const _: () = assert!(TICKET_LEASE_MS_DEFAULT <= TICKET_LEASE_MS_MAX);
 const _: () = assert!(ATTEMPTS_MAX < 100, "provider references reserve two digits");
 const _: () =
     assert!(SEGMENT_LEN_DEFAULT > (2 * ATOMIC_RECORDS_MAX * RECORD_PAYLOAD_LEN_MAX) as u64);
+const _: () = assert!(COMMIT_BYTES_MAX > 2 * ATOMIC_RECORDS_MAX * (52 + RECORD_PAYLOAD_LEN_MAX));

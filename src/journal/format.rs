@@ -8,11 +8,22 @@
 //! segment header (64 bytes)
 //! offset size field
 //!  0      8   magic            b"PLJRNL\r\n"
-//!  8      4   format version   u32 LE (1)
+//!  8      4   format version   u32 LE (2; version 1 segments are still read)
 //! 12      4   header crc32     u32 LE over bytes 16..64
 //! 16      8   segment number   u64 LE
 //! 24      8   first sequence   u64 LE (sequence of the segment's first record)
 //! 32     32   previous hash    chain hash of the record before the first (zeros at genesis)
+//!
+//! commit frame (version 2): one per write-and-sync, the unit a power cut keeps or loses
+//! offset size field
+//!  0      4   magic            b"PLCF"
+//!  4      4   body length      u32 LE, bytes of records after this header, 1..=COMMIT_BYTES_MAX-32
+//!  8      8   first sequence   u64 LE, sequence of its first record
+//! 16      4   record count     u32 LE, >= 1
+//! 20      4   body crc32       u32 LE over the body
+//! 24      4   reserved         zero
+//! 28      4   header crc32     u32 LE over bytes 0..28
+//! 32   body   records, back to back
 //!
 //! record (52-byte header + payload)
 //! offset size field
@@ -23,15 +34,18 @@
 //! 20     32   chain hash       blake3(previous hash ‖ sequence LE ‖ batch left LE ‖ payload)
 //! 52    len   payload          format-version byte + bincode event (see codec)
 //! ```
-//! After the last record a segment is zero up to its preallocated length.
+//! Version 1 segments hold records back to back with no frames. After the last record (or
+//! frame) a segment is zero up to its preallocated length.
 
 use crate::error::Corruption;
-use crate::limits::{RECORD_PAYLOAD_LEN_MAX, SEQUENCE_MAX};
+use crate::limits::{COMMIT_BYTES_MAX, RECORD_PAYLOAD_LEN_MAX, SEQUENCE_MAX};
 
 /// Identifies a payledger segment file. The `\r\n` catches text-mode mangling.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PLJRNL\r\n";
-/// The segment and record framing version this code writes and reads.
-pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// The segment format version this code writes: records in commit frames.
+pub const SEGMENT_FORMAT_VERSION: u32 = 2;
+/// The first published segment format: records back to back, no frames. Read, never written.
+pub const SEGMENT_FORMAT_V1: u32 = 1;
 
 const MAGIC_AT: usize = 0;
 const VERSION_AT: usize = MAGIC_AT + 8;
@@ -61,6 +75,9 @@ pub const GENESIS_HASH: ChainHash = [0; 32];
 /// A decoded segment header.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct SegmentHeader {
+    /// The segment's format version: [`SEGMENT_FORMAT_VERSION`], or [`SEGMENT_FORMAT_V1`] for
+    /// segments written before commit frames.
+    pub version: u32,
     /// The segment's number, from 0, matching its file name.
     pub number: u64,
     /// Sequence of its first record.
@@ -74,7 +91,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut bytes = [0u8; SEGMENT_HEADER_LEN];
         bytes[MAGIC_AT..VERSION_AT].copy_from_slice(&SEGMENT_MAGIC);
-        bytes[VERSION_AT..HEADER_CRC_AT].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        bytes[VERSION_AT..HEADER_CRC_AT].copy_from_slice(&self.version.to_le_bytes());
         bytes[SEGMENT_NUMBER_AT..FIRST_SEQUENCE_AT].copy_from_slice(&self.number.to_le_bytes());
         bytes[FIRST_SEQUENCE_AT..PREVIOUS_HASH_AT]
             .copy_from_slice(&self.first_sequence.to_le_bytes());
@@ -96,7 +113,7 @@ impl SegmentHeader {
             return Err(Corruption::BadMagic);
         }
         let version = u32_at(bytes, VERSION_AT);
-        if version != SEGMENT_FORMAT_VERSION {
+        if version != SEGMENT_FORMAT_VERSION && version != SEGMENT_FORMAT_V1 {
             return Err(Corruption::UnknownVersion { version });
         }
         if u32_at(bytes, HEADER_CRC_AT) != crc32fast::hash(&bytes[SEGMENT_NUMBER_AT..]) {
@@ -109,10 +126,111 @@ impl SegmentHeader {
             });
         }
         Ok(Self {
+            version,
             number: u64_at(bytes, SEGMENT_NUMBER_AT),
             first_sequence,
             previous_hash: hash_at(bytes, PREVIOUS_HASH_AT),
         })
+    }
+}
+
+/// Identifies a commit frame.
+pub const FRAME_MAGIC: [u8; 4] = *b"PLCF";
+
+const FRAME_MAGIC_AT: usize = 0;
+const FRAME_BODY_LEN_AT: usize = FRAME_MAGIC_AT + 4;
+const FRAME_FIRST_SEQUENCE_AT: usize = FRAME_BODY_LEN_AT + 4;
+const FRAME_RECORDS_AT: usize = FRAME_FIRST_SEQUENCE_AT + 8;
+const FRAME_BODY_CRC_AT: usize = FRAME_RECORDS_AT + 4;
+const FRAME_RESERVED_AT: usize = FRAME_BODY_CRC_AT + 4;
+const FRAME_HEADER_CRC_AT: usize = FRAME_RESERVED_AT + 4;
+/// Length of a commit frame header; the body follows.
+pub const FRAME_HEADER_LEN: usize = FRAME_HEADER_CRC_AT + 4;
+const _: () = assert!(FRAME_HEADER_LEN == 32);
+const _: () = assert!(COMMIT_BYTES_MAX <= u32::MAX as usize);
+
+/// A commit frame header: what one write-and-sync wrote.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FrameHeader {
+    /// Bytes of records after the header.
+    pub body_len: u32,
+    /// Sequence of the first record.
+    pub first_sequence: u64,
+    /// Records in the body.
+    pub records: u32,
+    /// crc32 of the body.
+    pub body_crc: u32,
+}
+
+impl FrameHeader {
+    /// The header of a frame whose body is `body`, holding `records` records from
+    /// `first_sequence` on.
+    pub fn for_body(body: &[u8], first_sequence: u64, records: u32) -> Self {
+        Self {
+            body_len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+            first_sequence,
+            records,
+            body_crc: crc32fast::hash(body),
+        }
+    }
+
+    /// The 32 header bytes.
+    pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
+        let mut bytes = [0u8; FRAME_HEADER_LEN];
+        bytes[FRAME_MAGIC_AT..FRAME_BODY_LEN_AT].copy_from_slice(&FRAME_MAGIC);
+        bytes[FRAME_BODY_LEN_AT..FRAME_FIRST_SEQUENCE_AT]
+            .copy_from_slice(&self.body_len.to_le_bytes());
+        bytes[FRAME_FIRST_SEQUENCE_AT..FRAME_RECORDS_AT]
+            .copy_from_slice(&self.first_sequence.to_le_bytes());
+        bytes[FRAME_RECORDS_AT..FRAME_BODY_CRC_AT].copy_from_slice(&self.records.to_le_bytes());
+        bytes[FRAME_BODY_CRC_AT..FRAME_RESERVED_AT].copy_from_slice(&self.body_crc.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..FRAME_HEADER_CRC_AT]);
+        bytes[FRAME_HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes a frame header from the start of `bytes`. `Ok(None)` means its 32 bytes are all
+    /// zero: the clean end of the written part of a segment.
+    ///
+    /// # Errors
+    /// The first failed check: too few bytes, bad magic, header crc, an impossible length or
+    /// record count.
+    pub fn decode(bytes: &[u8]) -> Result<Option<Self>, Corruption> {
+        let Some(bytes) = bytes.get(..FRAME_HEADER_LEN) else {
+            if bytes.iter().all(|&b| b == 0) {
+                return Ok(None);
+            }
+            return Err(Corruption::FrameHeaderCut {
+                available: bytes.len(),
+            });
+        };
+        if bytes.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        if bytes[FRAME_MAGIC_AT..FRAME_BODY_LEN_AT] != FRAME_MAGIC {
+            return Err(Corruption::FrameMagic);
+        }
+        if u32_at(bytes, FRAME_HEADER_CRC_AT) != crc32fast::hash(&bytes[..FRAME_HEADER_CRC_AT]) {
+            return Err(Corruption::FrameHeaderCrc);
+        }
+        let header = Self {
+            body_len: u32_at(bytes, FRAME_BODY_LEN_AT),
+            first_sequence: u64_at(bytes, FRAME_FIRST_SEQUENCE_AT),
+            records: u32_at(bytes, FRAME_RECORDS_AT),
+            body_crc: u32_at(bytes, FRAME_BODY_CRC_AT),
+        };
+        let body_len = header.body_len as usize;
+        let min_body = RECORD_HEADER_LEN + 1;
+        if body_len < min_body
+            || body_len > COMMIT_BYTES_MAX - FRAME_HEADER_LEN
+            || header.records == 0
+        {
+            return Err(Corruption::FrameLength {
+                body_len: header.body_len,
+                records: header.records,
+            });
+        }
+        Ok(Some(header))
     }
 }
 
@@ -292,6 +410,7 @@ mod tests {
     #[test]
     fn header_round_trips_and_checks() {
         let header = SegmentHeader {
+            version: SEGMENT_FORMAT_VERSION,
             number: 3,
             first_sequence: 42,
             previous_hash: [9; 32],

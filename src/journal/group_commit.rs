@@ -1,8 +1,8 @@
 //! Group commit: many concurrent appends share one write and one `fdatasync`.
 //!
 //! There is no writer thread. The first appender to find no commit in progress becomes the
-//! leader: it takes every waiting append (whole appends, up to a batch limit), frames them,
-//! writes once, syncs once and hands each caller its sequences. A lone appender thus pays one
+//! leader: it takes every waiting append (whole appends, up to a batch limit), frames them in
+//! one commit frame, writes once, syncs once and hands each caller its sequences. A lone appender thus pays one
 //! write and one sync, with no thread hand-off.
 //!
 //! Invariants:
@@ -22,13 +22,15 @@ use std::time::Instant;
 
 use crate::error::{Error, FatalCause, Result, TooLarge};
 use crate::limits::{
-    ATOMIC_RECORDS_MAX, COMMIT_BATCH_RECORDS_MAX, COMMIT_QUEUE_LEN_MAX, RECORD_PAYLOAD_LEN_MAX,
+    ATOMIC_RECORDS_MAX, COMMIT_BATCH_RECORDS_MAX, COMMIT_BYTES_MAX, COMMIT_QUEUE_LEN_MAX,
+    RECORD_PAYLOAD_LEN_MAX,
 };
 use crate::model::Sequence;
 
 use super::Journal;
 use super::format::{
-    ChainHash, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, encode_record,
+    ChainHash, FRAME_HEADER_LEN, FrameHeader, RECORD_HEADER_LEN, SEGMENT_FORMAT_VERSION,
+    SEGMENT_HEADER_LEN, SegmentHeader, encode_record,
 };
 use super::segment::{SegmentInfo, create_segment, segment_path};
 use super::storage::StorageFile;
@@ -39,6 +41,8 @@ use crate::sync::{lock, write};
 pub(crate) struct Writer {
     pub file: Box<dyn StorageFile>,
     pub segment: u64,
+    /// The segment's format version: appends go only to segments of the current version.
+    pub version: u32,
     pub offset: u64,
     pub next_sequence: u64,
     pub head: ChainHash,
@@ -164,7 +168,7 @@ impl Journal {
             }
             .into());
         }
-        let mut bytes = SEGMENT_HEADER_LEN as u64;
+        let mut bytes = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64;
         for payload in payloads {
             if payload.is_empty() || payload.len() > RECORD_PAYLOAD_LEN_MAX {
                 return Err(TooLarge::Payload {
@@ -185,7 +189,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Frames, writes and syncs one batch; the leader runs this without the queue lock.
+    /// Frames, writes and syncs one batch; the leader runs this without the queue lock. Each
+    /// segment's share of the batch is one commit frame, written once and synced once.
     fn commit_batch(&self, batch: &[Request]) -> Result<Vec<Appended>, FatalCause> {
         let mut writer = lock(&self.writer);
         let writer = &mut *writer;
@@ -194,7 +199,7 @@ impl Journal {
             self.durable_sequence.load(Ordering::Acquire) + 1,
             "a commit starts right after the durable sequence"
         );
-        let mut buf = Vec::new();
+        let mut frame = Frame::new(writer.next_sequence);
         let mut appended = Vec::with_capacity(batch.len());
         let mut records = 0u64;
         for request in batch {
@@ -203,24 +208,26 @@ impl Journal {
                 .iter()
                 .map(|p| (RECORD_HEADER_LEN + p.len()) as u64)
                 .sum();
-            if writer.offset + buf.len() as u64 + need > self.config.segment_len {
-                // Batches never span segments, and a segment is synced before its successor
-                // exists, so a torn tail can only be in the last segment.
-                self.write_and_sync(writer, &mut buf)?;
+            if writer.offset + frame.len() + need > self.config.segment_len {
+                // Appends never span segments, and a segment is synced before its successor
+                // exists, so a torn commit can only be in the last segment.
+                self.write_and_sync(writer, &mut frame)?;
                 self.roll_over(writer)?;
+                frame = Frame::new(writer.next_sequence);
             }
             let first = writer.next_sequence;
             let count = request.payloads.len();
             for (i, payload) in request.payloads.iter().enumerate() {
                 let batch_left = u32::try_from(count - 1 - i).unwrap_or(u32::MAX);
                 writer.head = encode_record(
-                    &mut buf,
+                    &mut frame.buf,
                     &writer.head,
                     writer.next_sequence,
                     batch_left,
                     payload,
                 );
                 writer.next_sequence += 1;
+                frame.records += 1;
             }
             records += count as u64;
             appended.push(Appended {
@@ -229,31 +236,36 @@ impl Journal {
             });
         }
         assert_eq!(appended.len(), batch.len(), "one answer per append");
-        self.write_and_sync(writer, &mut buf)?;
+        self.write_and_sync(writer, &mut frame)?;
         let mut stats = lock(&self.stats);
         stats.records += records;
         stats.commits += 1;
         Ok(appended)
     }
 
-    fn write_and_sync(&self, writer: &mut Writer, buf: &mut Vec<u8>) -> Result<(), FatalCause> {
-        if buf.is_empty() {
+    /// Writes `frame` (if it holds records) at the writer's offset and syncs it.
+    fn write_and_sync(&self, writer: &mut Writer, frame: &mut Frame) -> Result<(), FatalCause> {
+        if frame.records == 0 {
             return Ok(());
         }
+        let bytes = frame.finish();
+        assert!(bytes.len() <= COMMIT_BYTES_MAX, "a commit frame is bounded");
         let path = segment_path(&self.dir, writer.segment);
-        writer.file.write_all_at(buf, writer.offset).map_err(|e| {
-            FatalCause::new(
-                format!(
-                    "writing {} bytes to {} at offset {}",
-                    buf.len(),
-                    path.display(),
-                    writer.offset
-                ),
-                e,
-            )
-        })?;
-        writer.offset += buf.len() as u64;
-        buf.clear();
+        writer
+            .file
+            .write_all_at(bytes, writer.offset)
+            .map_err(|e| {
+                FatalCause::new(
+                    format!(
+                        "writing {} bytes to {} at offset {}",
+                        bytes.len(),
+                        path.display(),
+                        writer.offset
+                    ),
+                    e,
+                )
+            })?;
+        writer.offset += bytes.len() as u64;
         let started = Instant::now();
         writer
             .file
@@ -269,9 +281,11 @@ impl Journal {
         Ok(())
     }
 
-    fn roll_over(&self, writer: &mut Writer) -> Result<(), FatalCause> {
+    /// Starts the next segment (synced whole before it is named) and makes it the writer's.
+    pub(crate) fn roll_over(&self, writer: &mut Writer) -> Result<(), FatalCause> {
         let number = writer.segment + 1;
         let header = SegmentHeader {
+            version: SEGMENT_FORMAT_VERSION,
             number,
             first_sequence: writer.next_sequence,
             previous_hash: writer.head,
@@ -293,12 +307,46 @@ impl Journal {
         *writer = Writer {
             file,
             segment: number,
+            version: SEGMENT_FORMAT_VERSION,
             offset: SEGMENT_HEADER_LEN as u64,
             next_sequence: writer.next_sequence,
             head: writer.head,
         };
         tracing::debug!(segment = number, "journal segment rolled over");
         Ok(())
+    }
+}
+
+/// One commit frame being built: a reserved header, then records.
+struct Frame {
+    buf: Vec<u8>,
+    first_sequence: u64,
+    records: u32,
+}
+
+impl Frame {
+    fn new(first_sequence: u64) -> Self {
+        Self {
+            buf: vec![0; FRAME_HEADER_LEN],
+            first_sequence,
+            records: 0,
+        }
+    }
+
+    /// Bytes it will occupy.
+    fn len(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    /// Fills in the header; the frame's bytes.
+    fn finish(&mut self) -> &[u8] {
+        let header = FrameHeader::for_body(
+            &self.buf[FRAME_HEADER_LEN..],
+            self.first_sequence,
+            self.records,
+        );
+        self.buf[..FRAME_HEADER_LEN].copy_from_slice(&header.encode());
+        &self.buf
     }
 }
 
@@ -315,16 +363,23 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> FatalCause {
     )
 }
 
-/// Takes whole requests from the front of the queue, up to the batch record limit (at least
-/// one request).
+/// Takes whole requests from the front of the queue, up to the batch's record and byte limits
+/// (at least one request).
 fn take_batch(waiting: &mut Vec<Request>) -> Vec<Request> {
-    let mut records = 0;
-    let mut count = 0;
+    let (mut records, mut bytes, mut count) = (0, FRAME_HEADER_LEN, 0);
     for request in waiting.iter() {
-        if count > 0 && records + request.payloads.len() > COMMIT_BATCH_RECORDS_MAX {
+        let request_bytes: usize = request
+            .payloads
+            .iter()
+            .map(|p| RECORD_HEADER_LEN + p.len())
+            .sum();
+        let too_many = records + request.payloads.len() > COMMIT_BATCH_RECORDS_MAX
+            || bytes + request_bytes > COMMIT_BYTES_MAX;
+        if count > 0 && too_many {
             break;
         }
         records += request.payloads.len();
+        bytes += request_bytes;
         count += 1;
     }
     waiting.drain(..count).collect()

@@ -37,7 +37,7 @@ use crate::limits::{SEGMENT_LEN_DEFAULT, SEGMENT_LEN_MAX, SEGMENT_LEN_MIN};
 use crate::model::InputError;
 use crate::model::Sequence;
 use crate::sync::{lock, read};
-use format::{ChainHash, GENESIS_HASH, SEGMENT_HEADER_LEN, SegmentHeader};
+use format::{ChainHash, GENESIS_HASH, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_LEN, SegmentHeader};
 pub use group_commit::Appended;
 use group_commit::{CommitQueue, Writer};
 pub use read::JournalReader;
@@ -205,6 +205,7 @@ impl Journal {
         let writer = match segments.last() {
             None => {
                 let header = SegmentHeader {
+                    version: SEGMENT_FORMAT_VERSION,
                     number: 0,
                     first_sequence: 1,
                     previous_hash: GENESIS_HASH,
@@ -218,6 +219,7 @@ impl Journal {
                 Writer {
                     file,
                     segment: 0,
+                    version: SEGMENT_FORMAT_VERSION,
                     offset: SEGMENT_HEADER_LEN as u64,
                     next_sequence: 1,
                     head: GENESIS_HASH,
@@ -260,6 +262,7 @@ impl Journal {
             stats: Mutex::new(JournalStats::default()),
             _lock: dir_lock,
         };
+        journal.leave_old_format()?;
         Ok((journal, report))
     }
 
@@ -276,6 +279,19 @@ impl Journal {
     /// Figures since open.
     pub fn stats(&self) -> JournalStats {
         *lock(&self.stats)
+    }
+
+    /// Appends go only to a segment of the current format: a journal whose last segment is of
+    /// an older version continues in a fresh segment. The old segments are read, never written.
+    fn leave_old_format(&self) -> Result<()> {
+        let mut writer = lock(&self.writer);
+        if writer.version == SEGMENT_FORMAT_VERSION {
+            return Ok(());
+        }
+        self.roll_over(&mut writer).map_err(|cause| Error::Io {
+            context: cause.context().to_string(),
+            source: std::io::Error::new(cause.io_error().kind(), cause.io_error().to_string()),
+        })
     }
 
     fn segment_list(&self) -> Vec<SegmentInfo> {

@@ -17,7 +17,8 @@ use crate::limits::{RECORD_PAYLOAD_LEN_MAX, SEGMENT_LEN_MAX};
 
 use super::JournalConfig;
 use super::format::{
-    BadRecord, ChainHash, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, decode_record,
+    BadRecord, ChainHash, FRAME_HEADER_LEN, FRAME_MAGIC, FrameHeader, RECORD_HEADER_LEN,
+    SEGMENT_FORMAT_V1, SEGMENT_HEADER_LEN, SegmentHeader, decode_record,
 };
 use super::storage::{Storage, StorageFile};
 
@@ -207,17 +208,28 @@ pub(crate) struct Committed {
     pub last_sequence: u64,
 }
 
-/// Walks the records of one segment from its header on, one window in memory at a time.
+/// Walks the records of one segment from its header on, one window in memory at a time: through
+/// commit frames (version 2), or records back to back (version 1).
 pub(crate) struct Cursor {
     window: Window,
     segment: u64,
+    version: u32,
     pos: u64,
     previous: ChainHash,
     next_sequence: u64,
     batch_left: Option<u32>,
     committed: Committed,
-    /// Records passed since the last complete append.
+    /// Records passed since the last complete append (version 1) or frame (version 2).
     uncommitted: u64,
+    /// The commit frame being walked (version 2).
+    frame: Option<OpenFrame>,
+}
+
+/// A commit frame whose header and body checked, being walked record by record.
+#[derive(Clone, Copy, Debug)]
+struct OpenFrame {
+    end: u64,
+    records_left: u32,
 }
 
 impl Cursor {
@@ -228,6 +240,7 @@ impl Cursor {
         Self {
             window: Window::new(segment.file, segment.len),
             segment: number,
+            version: header.version,
             pos: start,
             previous: header.previous_hash,
             next_sequence: header.first_sequence,
@@ -238,6 +251,7 @@ impl Cursor {
                 last_sequence: header.first_sequence - 1,
             },
             uncommitted: 0,
+            frame: None,
         }
     }
 
@@ -251,12 +265,12 @@ impl Cursor {
         self.next_sequence
     }
 
-    /// Where the last complete atomic append ends.
+    /// Where the last complete atomic append (version 1) or commit frame (version 2) ends.
     pub fn committed(&self) -> Committed {
         self.committed
     }
 
-    /// Whether records of an append whose last record was not reached were passed.
+    /// Whether records of an append (or frame) whose end was not reached were passed.
     pub fn inside_batch(&self) -> bool {
         self.uncommitted > 0
     }
@@ -271,38 +285,65 @@ impl Cursor {
         self.window.file
     }
 
+    /// The payload of `record`, which this cursor just returned.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the segment cannot be read.
+    pub fn payload(&mut self, record: &RecordAt) -> Result<Vec<u8>> {
+        let segment = self.segment;
+        let bytes = self
+            .window
+            .bytes_at(record.offset, record.len)
+            .map_err(|e| read_error(segment, record.offset, e))?;
+        Ok(bytes
+            .get(RECORD_HEADER_LEN..record.len)
+            .unwrap_or_default()
+            .to_vec())
+    }
+
     /// Decodes the next record.
     ///
     /// # Errors
     /// [`Error::Io`] if the segment cannot be read.
     pub fn step(&mut self) -> Result<Step> {
+        if self.version != SEGMENT_FORMAT_V1
+            && self.frame.is_none()
+            && let Some(step) = self.enter_frame()?
+        {
+            return Ok(step);
+        }
         let offset = self.pos;
+        let limit = self.frame.map_or(RECORD_LEN_MAX as u64, |f| f.end - offset);
+        let want = usize::try_from(limit)
+            .unwrap_or(RECORD_LEN_MAX)
+            .min(RECORD_LEN_MAX);
         let segment = self.segment;
         let bytes = self
             .window
-            .bytes_at(offset, RECORD_LEN_MAX)
-            .map_err(|e| Error::io(format!("reading segment {segment} at offset {offset}"), e))?;
+            .bytes_at(offset, want)
+            .map_err(|e| read_error(segment, offset, e))?;
+        let bytes = &bytes[..bytes.len().min(want)];
         let record = match decode_record(bytes, &self.previous, self.next_sequence) {
-            Ok(None) => return Ok(Step::End),
             Ok(Some(record)) => record,
+            Ok(None) if self.frame.is_none() => return Ok(Step::End),
+            // Inside a frame whose body checked, nothing is torn: any bad record is corruption.
+            Ok(None) => return Ok(misplaced(offset, Corruption::FrameMismatch)),
+            Err(why) if self.frame.is_some() => {
+                return Ok(misplaced(offset, why.into_corruption()));
+            }
             Err(why) => return Ok(Step::Bad { offset, why }),
         };
         if let Some(expected) = self.batch_left
             && record.batch_left != expected
         {
-            return Ok(Step::Bad {
+            let found = record.batch_left;
+            return Ok(misplaced(
                 offset,
-                why: BadRecord::Misplaced(Corruption::BatchMismatch {
-                    expected,
-                    found: record.batch_left,
-                }),
-            });
+                Corruption::BatchMismatch { expected, found },
+            ));
         }
         let Some(next_sequence) = self.next_sequence.checked_add(1) else {
-            return Ok(Step::Bad {
-                offset,
-                why: BadRecord::Misplaced(Corruption::SequenceOverflow),
-            });
+            return Ok(misplaced(offset, Corruption::SequenceOverflow));
         };
         let at = RecordAt {
             sequence: record.sequence,
@@ -315,30 +356,139 @@ impl Cursor {
         self.next_sequence = next_sequence;
         self.batch_left = record.batch_left.checked_sub(1);
         self.uncommitted += 1;
-        if record.batch_left == 0 {
-            self.committed = Committed {
-                end: self.pos,
-                head: record.hash,
-                last_sequence: record.sequence,
-            };
-            self.uncommitted = 0;
+        match &mut self.frame {
+            None if record.batch_left == 0 => self.commit_here(),
+            None => {}
+            Some(frame) => {
+                frame.records_left -= 1;
+                if frame.records_left == 0 {
+                    if self.pos != frame.end || self.batch_left.is_some() {
+                        return Ok(misplaced(self.pos, Corruption::FrameMismatch));
+                    }
+                    self.frame = None;
+                    self.commit_here();
+                }
+            }
         }
         Ok(Step::Record(at))
     }
 
-    /// The payload of `record`, which this cursor just returned.
-    ///
-    /// # Errors
-    /// [`Error::Io`] if the segment cannot be read.
-    pub fn payload(&mut self, record: &RecordAt) -> Result<Vec<u8>> {
+    /// Everything up to the current position is a complete append (or frame).
+    fn commit_here(&mut self) {
+        self.committed = Committed {
+            end: self.pos,
+            head: self.previous,
+            last_sequence: self.next_sequence - 1,
+        };
+        self.uncommitted = 0;
+    }
+
+    /// Checks the commit frame at the current position and enters it; `Some` when there is no
+    /// frame to enter (the clean end, or bytes that are not the next frame).
+    fn enter_frame(&mut self) -> Result<Option<Step>> {
+        let offset = self.pos;
         let segment = self.segment;
         let bytes = self
             .window
-            .bytes_at(record.offset, record.len)
-            .map_err(|e| Error::io(format!("reading segment {segment}"), e))?;
-        Ok(bytes
-            .get(RECORD_HEADER_LEN..record.len)
-            .unwrap_or_default()
-            .to_vec())
+            .bytes_at(offset, FRAME_HEADER_LEN)
+            .map_err(|e| read_error(segment, offset, e))?;
+        let header = match FrameHeader::decode(bytes) {
+            Ok(None) => return Ok(Some(Step::End)),
+            Ok(Some(header)) => header,
+            Err(damage) => {
+                return Ok(Some(Step::Bad {
+                    offset,
+                    why: BadRecord::Damaged(damage),
+                }));
+            }
+        };
+        if let Some(damage) = self.check_body(offset, &header)? {
+            return Ok(Some(Step::Bad {
+                offset,
+                why: BadRecord::Damaged(damage),
+            }));
+        }
+        if header.first_sequence != self.next_sequence {
+            let gap = Corruption::SequenceGap {
+                expected: self.next_sequence,
+                found: header.first_sequence,
+            };
+            return Ok(Some(misplaced(offset, gap)));
+        }
+        let body = offset + FRAME_HEADER_LEN as u64;
+        self.frame = Some(OpenFrame {
+            end: body + u64::from(header.body_len),
+            records_left: header.records,
+        });
+        self.pos = body;
+        Ok(None)
     }
+
+    /// Whether the body of the frame at `offset` is whole and matches its crc.
+    fn check_body(&mut self, offset: u64, header: &FrameHeader) -> Result<Option<Corruption>> {
+        let body = offset + FRAME_HEADER_LEN as u64;
+        let len = u64::from(header.body_len);
+        if body + len > self.window.len() {
+            return Ok(Some(Corruption::RecordCut {
+                len: header.body_len as usize,
+                available: usize::try_from(self.window.len().saturating_sub(body)).unwrap_or(0),
+            }));
+        }
+        let crc =
+            body_crc(&mut self.window, body, len).map_err(|e| read_error(self.segment, body, e))?;
+        Ok((crc != header.body_crc).then_some(Corruption::FrameCrc))
+    }
+}
+
+fn read_error(segment: u64, offset: u64, e: io::Error) -> Error {
+    Error::io(format!("reading segment {segment} at offset {offset}"), e)
+}
+
+/// A record that is intact but not where it should be: only corruption produces it.
+fn misplaced(offset: u64, kind: Corruption) -> Step {
+    Step::Bad {
+        offset,
+        why: BadRecord::Misplaced(kind),
+    }
+}
+
+/// crc32 of `len` bytes from `from`, read window by window.
+fn body_crc(window: &mut Window, from: u64, len: u64) -> io::Result<u32> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut at = from;
+    while at < from + len {
+        let want = usize::try_from((from + len - at).min(READ_WINDOW_LEN as u64)).unwrap_or(0);
+        let bytes = window.bytes_at(at, want)?;
+        let chunk = bytes.get(..want).unwrap_or(bytes);
+        if chunk.is_empty() {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        crc.update(chunk);
+        at += chunk.len() as u64;
+    }
+    Ok(crc.finalize())
+}
+
+/// Whether an intact commit frame (header, body crc, plausible sequence) starts at `at`: a frame
+/// written after `next_sequence - 1`.
+pub(crate) fn intact_frame_at(
+    window: &mut Window,
+    at: u64,
+    next_sequence: u64,
+) -> io::Result<bool> {
+    let bytes = window.bytes_at(at, FRAME_HEADER_LEN)?;
+    if !bytes.starts_with(&FRAME_MAGIC) {
+        return Ok(false);
+    }
+    let Ok(Some(header)) = FrameHeader::decode(bytes) else {
+        return Ok(false);
+    };
+    let plausible = header.first_sequence >= next_sequence
+        && header.first_sequence - next_sequence < u64::from(u32::MAX);
+    let body = at + FRAME_HEADER_LEN as u64;
+    let len = u64::from(header.body_len);
+    if !plausible || body + len > window.len() {
+        return Ok(false);
+    }
+    Ok(body_crc(window, body, len)? == header.body_crc)
 }

@@ -22,8 +22,30 @@ use super::storage::{DirLock, Storage, StorageFile};
 pub enum CrashMode {
     /// Every unsynced write is lost.
     DropUnsynced,
-    /// A random prefix of the unsynced writes survives, the last of them torn at a random byte.
+    /// A random prefix of the unsynced writes survives, the last of them torn at a random byte
+    /// (a process killed while the kernel was writing back in order).
     TearUnsynced,
+    /// The machine loses power: every 4 KiB page written since its file's last sync survives or
+    /// is lost independently of the others (out of order, as a drive's cache flushes), and a
+    /// surviving page may be torn at 512-byte sector granularity. A file's length is its length
+    /// at its last sync; directory entries are those of the last directory sync.
+    PowerLoss,
+}
+
+/// Bytes of a page of the simulated disk: the unit that survives or is lost on power loss.
+pub const PAGE_LEN: usize = 4096;
+/// Bytes of a sector: the unit a power loss cannot tear.
+pub const SECTOR_LEN: usize = 512;
+
+/// What power losses did to unsynced pages since the disk was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PowerLossCounts {
+    /// Unsynced pages that were lost.
+    pub pages_lost: u64,
+    /// Unsynced pages that survived whole.
+    pub pages_kept: u64,
+    /// Unsynced pages that survived torn (some sectors new, some old).
+    pub pages_torn: u64,
 }
 
 /// An in-memory disk that loses what was not synced when it "crashes", and fails chosen writes
@@ -52,6 +74,7 @@ struct SimState {
     faults: Faults,
     bytes_written: u64,
     syncs: u64,
+    power_loss: PowerLossCounts,
 }
 
 #[derive(Default)]
@@ -108,6 +131,7 @@ impl SimDisk {
                 faults: Faults::default(),
                 bytes_written: 0,
                 syncs: 0,
+                power_loss: PowerLossCounts::default(),
             })),
         }
     }
@@ -151,6 +175,9 @@ impl SimDisk {
         });
         for file in state.files.values_mut() {
             let mut bytes = file.durable.clone();
+            if mode == CrashMode::PowerLoss {
+                lose_pages(file, &mut bytes, &mut state.rng, &mut state.power_loss);
+            }
             if mode == CrashMode::TearUnsynced && !file.unsynced.is_empty() {
                 let survivors = state.rng.random_range(0..=file.unsynced.len());
                 for (i, op) in file.unsynced.iter().take(survivors).enumerate() {
@@ -211,10 +238,61 @@ impl SimDisk {
         );
     }
 
+    /// What power losses did to unsynced pages so far.
+    pub fn power_loss_counts(&self) -> PowerLossCounts {
+        self.lock().power_loss
+    }
+
     /// Bytes written and syncs made so far.
     pub fn io_counts(&self) -> (u64, u64) {
         let state = self.lock();
         (state.bytes_written, state.syncs)
+    }
+}
+
+/// Applies a power loss to one file: `bytes` holds its durable bytes; each page an unsynced write
+/// touched survives whole, survives torn (an arbitrary subset of its sectors), or is lost.
+fn lose_pages(
+    file: &SimFileData,
+    bytes: &mut [u8],
+    rng: &mut ChaCha8Rng,
+    counts: &mut PowerLossCounts,
+) {
+    let mut pages = std::collections::BTreeSet::new();
+    for op in &file.unsynced {
+        if let PendingOp::Write { offset, data } = op
+            && !data.is_empty()
+        {
+            let first = usize::try_from(*offset).unwrap_or(usize::MAX) / PAGE_LEN;
+            let last = (usize::try_from(*offset).unwrap_or(usize::MAX) + data.len() - 1) / PAGE_LEN;
+            pages.extend(first..=last);
+        }
+    }
+    for page in pages {
+        // Beyond the length at the last sync the data is lost with the length change.
+        let start = page * PAGE_LEN;
+        let end = (start + PAGE_LEN).min(bytes.len()).min(file.current.len());
+        if start >= end {
+            counts.pages_lost += 1;
+            continue;
+        }
+        match rng.random_range(0..3) {
+            0 => counts.pages_lost += 1,
+            1 => {
+                bytes[start..end].copy_from_slice(&file.current[start..end]);
+                counts.pages_kept += 1;
+            }
+            _ => {
+                for sector in (start..end).step_by(SECTOR_LEN) {
+                    if rng.random_bool(0.5) {
+                        let sector_end = (sector + SECTOR_LEN).min(end);
+                        bytes[sector..sector_end]
+                            .copy_from_slice(&file.current[sector..sector_end]);
+                    }
+                }
+                counts.pages_torn += 1;
+            }
+        }
     }
 }
 

@@ -8,8 +8,25 @@ use crate::error::{Corruption, Error, Result};
 use crate::model::Sequence;
 
 use super::format::{ChainHash, GENESIS_HASH, SEGMENT_HEADER_LEN};
-use super::segment::{Cursor, SegmentInfo, Step, corrupt, open_segment};
+use super::segment::{Cursor, READ_WINDOW_LEN, SegmentInfo, Step, Window, corrupt, open_segment};
 use super::{Journal, VerifyReport};
+use crate::sync::lock;
+
+/// The offset of the first non-zero byte at or after `from`, if there is one.
+fn first_nonzero(window: &mut Window, from: u64) -> std::io::Result<Option<u64>> {
+    let mut at = from;
+    while at < window.len() {
+        let bytes = window.bytes_at(at, READ_WINDOW_LEN)?;
+        if bytes.is_empty() {
+            break;
+        }
+        if let Some(i) = bytes.iter().position(|&b| b != 0) {
+            return Ok(Some(at + i as u64));
+        }
+        at += bytes.len() as u64;
+    }
+    Ok(None)
+}
 
 /// What checking one segment on its own found.
 struct SegmentCheck {
@@ -77,7 +94,9 @@ impl Journal {
         Ok(report)
     }
 
-    /// Checks one segment on its own: header, and every record up to sequence `until`.
+    /// Checks one segment on its own: header, every record up to sequence `until`, and that
+    /// nothing but zeros follows its last record. The last segment's tail is checked with
+    /// appends held off, so that a commit being written is not taken for garbage.
     fn check_segment(&self, info: &SegmentInfo, until: u64) -> Result<SegmentCheck> {
         let segment = open_segment(&*self.storage, info)?;
         let header = segment.header;
@@ -99,6 +118,18 @@ impl Journal {
                 committed.end,
                 Corruption::AppendCutShort,
             ));
+        }
+        let writer = lock(&self.writer);
+        let is_last = writer.segment == info.number;
+        if !is_last {
+            drop(writer);
+        }
+        let window = cursor.window();
+        if let Some(at) = first_nonzero(window, committed.end)
+            .map_err(|e| Error::io(format!("reading {}", info.path.display()), e))?
+            && (!is_last || self.last_sequence().0 == until)
+        {
+            return Err(corrupt(info.number, at, Corruption::GarbageAfterEnd { at }));
         }
         Ok(SegmentCheck {
             first_sequence: header.first_sequence,

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use crate::error::{Error, IndexError, Result};
 use crate::gate::KeyGate;
-use crate::index::{Index, IndexEntry, IndexWatermark};
+use crate::index::{Index, IndexEntry, IndexUpdate, IndexWatermark};
 use crate::journal::codec::decode_event;
 use crate::journal::{Journal, JournalConfig};
 use crate::limits::LIST_LIMIT_MAX;
@@ -118,6 +118,7 @@ impl Ledger {
         } else {
             ledger.settle_orphans()?
         };
+        ledger.watch_unknown_from_open()?;
         tracing::info!(
             orphaned_attempts,
             duration_us = elapsed_us(started),
@@ -174,13 +175,14 @@ impl Ledger {
                 last_sequence: record.sequence,
             };
             let reference = started_reference(&event);
-            inner.index.put(
-                &event.key,
-                before.as_ref(),
-                &after,
-                &[(record.sequence.0, &record.payload)],
-                reference.as_ref(),
-            )?;
+            inner.index.put(&IndexUpdate {
+                key: &event.key,
+                before: before.as_ref(),
+                after: &after,
+                events: &[(record.sequence.0, &record.payload)],
+                new_reference: reference.as_ref(),
+                watermark: Some(watermark),
+            })?;
             applied += 1;
         }
         assert_eq!(
@@ -227,6 +229,28 @@ impl Ledger {
             after = Some(last);
         }
         Ok(count)
+    }
+
+    /// This process waits for every attempt that is unknown when it opens, from now on, on top
+    /// of the wait earlier processes recorded: the time the ledger was down is never counted,
+    /// the time it is up always is.
+    fn watch_unknown_from_open(&self) -> Result<()> {
+        let mut after: Option<IdempotencyKey> = None;
+        loop {
+            let states = self.list(PhaseKind::Unknown, after.as_ref(), LIST_LIMIT_MAX)?;
+            let Some(last) = states.last().map(|s| s.key.clone()) else {
+                return Ok(());
+            };
+            for state in &states {
+                if let Phase::Unknown {
+                    attempt, waited_ms, ..
+                } = state.phase
+                {
+                    self.unknown_wait(&state.key, attempt, waited_ms);
+                }
+            }
+            after = Some(last);
+        }
     }
 
     /// What an attempt orphaned by a previous process becomes: unknown.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 
 use crate::error::{Error, FatalCause, Result};
-use crate::index::{IndexEntry, IndexWatermark};
+use crate::index::{IndexEntry, IndexUpdate, IndexWatermark};
 use crate::journal::codec::encode_event;
 use crate::journal::format::{ChainHash, GENESIS_HASH};
 use crate::limits::UNKNOWN_WAITS_MAX;
@@ -110,15 +110,20 @@ impl Ledger {
             .zip(payloads.iter().map(Vec::as_slice))
             .collect();
         let reference = events.iter().find_map(started_reference);
-        let indexed = self
-            .inner
-            .index
-            .put(key, before, &after, &stored, reference.as_ref())
-            .and_then(|()| {
-                let watermark =
-                    lock(&self.inner.watermark).complete(first..=last, appended.chain_head);
-                self.inner.index.set_watermark(watermark)
-            });
+        let indexed = {
+            // The watermark lock is held across the batch, so that batches carry watermarks in
+            // the order they advance.
+            let mut watermark = lock(&self.inner.watermark);
+            let next = watermark.complete(first..=last, appended.chain_head);
+            self.inner.index.put(&IndexUpdate {
+                key,
+                before,
+                after: &after,
+                events: &stored,
+                new_reference: reference.as_ref(),
+                watermark: Some(next),
+            })
+        };
         if let Err(e) = indexed {
             tracing::error!(error = %e, key = %key, "index update failed after a durable append; ledger stopped until reopened");
             let cause = FatalCause::new(

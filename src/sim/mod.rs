@@ -55,6 +55,7 @@ pub fn run(config: SimConfig, mut progress: impl FnMut(u64, u64)) -> Result<SimR
     }
     world.heal()?;
     world.check_end()?;
+    world.report.power_loss = world.disk.power_loss_counts();
     let faults = world.provider.state().faults.clone();
     for (name, count) in faults {
         *world.report.faults.entry(name).or_default() += count;

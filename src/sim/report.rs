@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::journal::simdisk::PowerLossCounts;
+
 /// What a simulation did and found.
 #[derive(Clone, Debug, Default)]
 pub struct SimReport {
@@ -15,6 +17,12 @@ pub struct SimReport {
     pub crashes: u64,
     /// Torn tails cut by recovery.
     pub torn_tails: u64,
+    /// What power losses did to unsynced pages.
+    pub power_loss: PowerLossCounts,
+    /// Crashes after which the index was rolled back to an older snapshot.
+    pub index_rollbacks: u64,
+    /// Crashes after which the index was lost.
+    pub index_losses: u64,
     /// Faults injected, by type.
     pub faults: BTreeMap<&'static str, u64>,
     /// Unknown outcomes settled by the reconciler.
@@ -65,6 +73,15 @@ impl fmt::Display for SimReport {
             f,
             "crashes: {} (torn tails cut: {})",
             self.crashes, self.torn_tails
+        )?;
+        writeln!(
+            f,
+            "power loss: unsynced pages lost {}, torn {}, kept {}; index survived rollbacks {}, losses {}",
+            self.power_loss.pages_lost,
+            self.power_loss.pages_torn,
+            self.power_loss.pages_kept,
+            self.index_rollbacks,
+            self.index_losses
         )?;
         writeln!(f, "faults: {}", join(&self.faults))?;
         writeln!(f, "unknowns resolved: {}", self.unknowns_resolved)?;

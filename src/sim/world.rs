@@ -70,6 +70,8 @@ pub(super) struct World {
     pub(super) rng: ChaCha8Rng,
     pub(super) disk: SimDisk,
     pub(super) index_dir: tempfile::TempDir,
+    /// A copy of the index taken at an earlier crash, for rolling it back.
+    pub(super) index_snapshot: Option<tempfile::TempDir>,
     pub(super) clock: Arc<ManualClock>,
     /// True time; the ledger's wall clock is this plus `wall_offset_ms`, which steps by more
     /// than the skew margin either way. Its monotonic clock follows true time.
@@ -143,6 +145,7 @@ impl World {
             rng,
             disk,
             index_dir,
+            index_snapshot: None,
             clock: Arc::new(ManualClock::new(now)),
             now,
             wall_offset_ms: 0,
@@ -255,12 +258,13 @@ impl World {
         self.ledger = None;
         self.disk.fail_next_writes(0);
         self.disk.fail_next_syncs(0);
-        let mode = if self.rng.random_bool(0.5) {
-            CrashMode::TearUnsynced
-        } else {
-            CrashMode::DropUnsynced
+        let mode = match self.rng.random_range(0..4) {
+            0 => CrashMode::TearUnsynced,
+            1 => CrashMode::DropUnsynced,
+            _ => CrashMode::PowerLoss,
         };
         self.disk.crash(mode);
+        self.crash_index()?;
         self.open()?;
         if let Some((last, hash)) = durable
             && last.0 > 0
@@ -278,6 +282,34 @@ impl World {
             }
         }
         self.restart_needed = false;
+        Ok(())
+    }
+
+    /// What the crash does to the index (on the real file system, closed by now): usually
+    /// nothing; sometimes it is lost, or rolled back to an older snapshot, as sled's own
+    /// recovery may leave it after a power cut. Snapshots are taken of the closed index.
+    pub(super) fn crash_index(&mut self) -> Result<()> {
+        let index = self.index_dir.path().to_path_buf();
+        match self.rng.random_range(0..10) {
+            0 => {
+                self.report.index_losses += 1;
+                clear_dir(&index)?;
+            }
+            1 if self.index_snapshot.is_some() => {
+                self.report.index_rollbacks += 1;
+                clear_dir(&index)?;
+                if let Some(snapshot) = &self.index_snapshot {
+                    copy_dir(snapshot.path(), &index)?;
+                }
+            }
+            _ => {}
+        }
+        if self.rng.random_bool(0.1) {
+            let snapshot = tempfile::tempdir()
+                .map_err(|e| Error::io("creating an index snapshot directory", e))?;
+            copy_dir(&index, snapshot.path())?;
+            self.index_snapshot = Some(snapshot);
+        }
         Ok(())
     }
 
@@ -423,4 +455,42 @@ impl World {
         drop(Ledger::open(dir, config)?);
         Ok(())
     }
+}
+
+/// Removes everything in `dir` (the simulation's own index directory).
+fn clear_dir(dir: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
+            .path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Copies the files under `from` into `to`.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
+    let entries =
+        std::fs::read_dir(from).map_err(|e| Error::io(format!("listing {}", from.display()), e))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| Error::io(format!("listing {}", from.display()), e))?
+            .path();
+        let target = to.join(path.file_name().unwrap_or_default());
+        if path.is_dir() {
+            copy_dir(&path, &target)?;
+        } else {
+            std::fs::copy(&path, &target)
+                .map_err(|e| Error::io(format!("copying {}", path.display()), e))?;
+        }
+    }
+    Ok(())
 }

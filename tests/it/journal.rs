@@ -279,13 +279,11 @@ fn records_before(
     let mut count = 0;
     for (n, file) in files.iter().enumerate().take(cut_file + 1) {
         let bytes = disk.durable_bytes(file).unwrap();
-        let mut pos = 64;
-        while let Ok(r) = payledger::journal::format::decode_intact(&bytes[pos..]) {
-            if n == cut_file && pos + r.len > cut {
+        for (_, end, records) in crate::support::frames(&bytes) {
+            if n == cut_file && end > cut {
                 return count;
             }
-            count += 1;
-            pos += r.len;
+            count += records as usize;
         }
     }
     assert!(count <= records.len());
@@ -454,7 +452,7 @@ fn verify_names_segment_and_offset_of_corruption() {
         Err(Error::Corrupt {
             segment: 0,
             offset: 64,
-            kind: payledger::Corruption::RecordCrc,
+            kind: payledger::Corruption::FrameCrc,
         }) => {}
         other => panic!("expected corruption at segment 0 offset 64, got {other:?}"),
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use payledger::journal::format::{GENESIS_HASH, SegmentHeader, encode_record};
+use payledger::journal::format::{GENESIS_HASH, SEGMENT_FORMAT_V1, SegmentHeader, encode_record};
 use payledger::journal::simdisk::SimDisk;
 use payledger::journal::storage::{DirLock, Storage, StorageFile};
 use payledger::journal::{Journal, JournalConfig};
@@ -137,6 +137,7 @@ fn one_segment(disk: &SimDisk, bytes: Vec<u8>) {
 fn a_sequence_at_the_end_of_the_number_space_is_corruption_not_a_panic() {
     let disk = SimDisk::new(2);
     let header = SegmentHeader {
+        version: SEGMENT_FORMAT_V1,
         number: 0,
         first_sequence: u64::MAX,
         previous_hash: GENESIS_HASH,
@@ -163,6 +164,7 @@ fn a_sequence_at_the_end_of_the_number_space_is_corruption_not_a_panic() {
 fn a_segment_longer_than_the_limit_is_refused_before_reading_it() {
     let tmp = tempfile::tempdir().unwrap();
     let header = SegmentHeader {
+        version: SEGMENT_FORMAT_V1,
         number: 0,
         first_sequence: 1,
         previous_hash: GENESIS_HASH,

@@ -135,7 +135,7 @@ fn an_index_from_another_ledger_is_detected_and_rebuilt() {
     }
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -342,7 +342,7 @@ fn a_conflict_on_an_earlier_attempt_keeps_the_open_attempt_reconciled() {
 /// 8.2 (stronger evidence): damage anywhere in the last acknowledged record stops the open;
 /// the journal alone could take it for a torn tail, the index's watermark proves otherwise.
 #[test]
-fn every_flipped_byte_of_the_last_acknowledged_record_stops_the_open() {
+fn every_flipped_byte_of_the_last_acknowledged_commit_stops_the_open() {
     let index = tempfile::tempdir().unwrap();
     let disk = SimDisk::new(17);
     let clock = clock();
@@ -368,21 +368,9 @@ fn every_flipped_byte_of_the_last_acknowledged_record_stops_the_open() {
     };
     let segment = std::path::Path::new("/ledger").join("00000000000000000000.seg");
     let original = disk.durable_bytes(&segment).unwrap();
-    // The last record: from after the one before it to the last non-zero byte.
-    let end = original.iter().rposition(|&b| b != 0).unwrap() + 1;
-    let mut start = 64;
-    while let Ok(record) = payledger::journal::format::decode_intact(&original[start..]) {
-        if start + record.len >= end {
-            break;
-        }
-        start += record.len;
-    }
-    assert_eq!(
-        payledger::journal::format::decode_intact(&original[start..])
-            .unwrap()
-            .sequence,
-        last.0
-    );
+    // The last commit frame: the charge's outcome, acknowledged.
+    let (start, end, records) = *crate::support::frames(&original).last().unwrap();
+    assert_eq!(records, 1, "one outcome record");
     for at in start..end {
         let mut bytes = original.clone();
         bytes[at] ^= 1 << (at % 8);

@@ -114,3 +114,16 @@ pub fn config(clock: &Arc<ManualClock>) -> LedgerConfig {
 pub fn clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(UnixMillis(T0)))
 }
+
+/// The commit frames of a (version 2) segment's bytes: (start, end, records) of each, in order.
+pub fn frames(segment: &[u8]) -> Vec<(usize, usize, u32)> {
+    use payledger::journal::format::{FRAME_HEADER_LEN, FrameHeader, SEGMENT_HEADER_LEN};
+    let mut frames = Vec::new();
+    let mut pos = SEGMENT_HEADER_LEN;
+    while let Some(Ok(Some(header))) = segment.get(pos..).map(FrameHeader::decode) {
+        let end = pos + FRAME_HEADER_LEN + header.body_len as usize;
+        frames.push((pos, end, header.records));
+        pos = end;
+    }
+    frames
+}
