@@ -25,9 +25,13 @@ PY
     echo "SURVIVED: $name — no test failed"
     return 1
   fi
+  if grep -q "could not compile" "$log"; then
+    echo "the mutant did not build: fix the script, not a result"
+    grep -E '^error' "$log" | head -3 || true
+    return 1
+  fi
   echo "caught: $name, by:"
-  grep -E '^test .* FAILED$' "$log" | sed 's/^test /  /; s/ \.\.\. FAILED$//' || true
-  grep -E '^error' "$log" | head -3 || true
+  grep -E '^test .* FAILED$' "$log" | sed 's/^test /  /; s/ \.\.\. FAILED$//'
 }
 
 status=0

@@ -237,89 +237,13 @@ fn legal_kind(state: &PaymentState, choice: u8, tx: u8) -> EventKind {
     }
 }
 
-/// What the test knows from the accepted events alone.
-#[derive(Default)]
-struct Books {
-    started: u32,
-    /// Attempts for which an event that can prove "no charge" was accepted.
-    maybe_uncharged: Vec<u32>,
-    settled: bool,
-}
-
-impl Books {
-    /// Checks the invariants against an accepted event, then records it.
-    fn accept(&mut self, before: &PaymentState, event: &Event, after: &PaymentState) {
-        if let EventKind::AttemptStarted { attempt, .. } = &event.kind {
-            let a = attempt.get();
-            assert!(
-                !self.settled,
-                "an attempt was accepted after the key settled"
-            );
-            assert_eq!(a, self.started + 1, "attempts are numbered without gaps");
-            if a > 1 {
-                assert!(
-                    self.maybe_uncharged.contains(&(a - 1)),
-                    "attempt {a} started although nothing showed attempt {} uncharged",
-                    a - 1
-                );
-            }
-            assert_eq!(
-                before.phase.possibly_charged(),
-                None,
-                "second possibly-charged attempt"
-            );
-            self.started = a;
-        }
-        let a = event.kind.attempt().map(AttemptNumber::get);
-        let proves_uncharged = matches!(
-            &event.kind,
-            EventKind::OutcomeReported {
-                outcome: Outcome::NotSent { .. },
-                ..
-            } | EventKind::ResolvedByOperator {
-                resolution: Resolution::NotCharged,
-                ..
-            } | EventKind::ProviderQueried {
-                answer: QueryAnswer::NotFound { .. } | QueryAnswer::NotFoundAfterWait { .. },
-                ..
-            }
-        );
-        if proves_uncharged && let Some(a) = a {
-            self.maybe_uncharged.push(a);
-        }
-        if matches!(
-            after.phase,
-            Phase::Succeeded { .. } | Phase::Declined { .. } | Phase::Conflict { .. }
-        ) {
-            self.settled = true;
-        }
-        if self.settled {
-            assert!(
-                after.phase.is_final(),
-                "a settled key became {:?}",
-                after.phase
-            );
-        }
-        assert_eq!(after.attempts_started, self.started);
-    }
-}
-
+/// Folds `events`, skipping what the fold refuses, and checks every invariant against the
+/// books of `payledger::fuzzing::check_fold` (shared with the `fold` fuzz target): attempts
+/// numbered without gaps, a new attempt only after its predecessor could be proven uncharged
+/// and while none is possibly charged, settled keys stay settled, refolding gives the same
+/// state.
 fn run(events: &[Event]) {
-    let mut state = PaymentState::new(key());
-    let mut books = Books::default();
-    let mut accepted = Vec::new();
-    for event in events {
-        if let Ok(next) = apply(&state, event) {
-            books.accept(&state, event, &next);
-            accepted.push(event.clone());
-            state = next;
-        }
-    }
-    let again = PaymentState::fold(key(), &accepted).expect("accepted events fold again");
-    assert_eq!(
-        again, state,
-        "folding the same events twice gives the same state"
-    );
+    payledger::fuzzing::check_fold(events);
 }
 
 proptest! {

@@ -1,18 +1,17 @@
-//! Entry points shared by the cargo-fuzz targets in `fuzz/` and the test that replays their
-//! checked-in corpora on stable. Not part of the stable API.
+//! The `segment` target: arbitrary bytes as the only segment of a journal.
 //!
-//! Invariant: every function here accepts arbitrary bytes and returns normally; a panic is a bug.
+//! Invariant: opening, reading and verifying never panic, whatever the bytes.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::journal::codec::decode_event;
-use crate::journal::format::{GENESIS_HASH, SEGMENT_HEADER_LEN, SegmentHeader, decode_record};
+use crate::journal::format::{
+    FrameHeader, GENESIS_HASH, SEGMENT_HEADER_LEN, SegmentHeader, decode_record,
+};
 use crate::journal::simdisk::SimDisk;
 use crate::journal::{Journal, JournalConfig};
-use crate::model::Event;
-use crate::model::{IdempotencyKey, Sequence};
-use crate::model::{PaymentState, apply};
+use crate::model::Sequence;
 
 /// Opens `bytes` as the only segment of a journal, reads every record back, verifies, and
 /// decodes each record directly as well.
@@ -43,6 +42,7 @@ pub fn segment(bytes: &[u8]) {
             SEGMENT_HEADER_LEN,
         );
     }
+    let _ = bytes.get(at..).map(FrameHeader::decode);
     while let Some(rest) = bytes.get(at..) {
         match decode_record(rest, &previous, sequence) {
             Ok(Some(record)) => {
@@ -54,28 +54,4 @@ pub fn segment(bytes: &[u8]) {
             _ => break,
         }
     }
-}
-
-/// Decodes `bytes` as a sequence of length-prefixed event payloads and folds those that decode
-/// for the first key seen; the fold must never panic.
-pub fn fold(bytes: &[u8]) {
-    let mut events: Vec<Event> = Vec::new();
-    let mut rest = bytes;
-    while let Some((&len, tail)) = rest.split_first() {
-        let len = usize::from(len).min(tail.len());
-        if let Ok(event) = decode_event(&tail[..len]) {
-            events.push(event);
-        }
-        rest = &tail[len..];
-    }
-    let Some(key) = events.first().map(|e| e.key.clone()) else {
-        return;
-    };
-    let mut state = PaymentState::new(key);
-    for event in &events {
-        if let Ok(next) = apply(&state, event) {
-            state = next;
-        }
-    }
-    let _ = IdempotencyKey::new(String::from_utf8_lossy(bytes).into_owned());
 }
