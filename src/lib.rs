@@ -57,11 +57,14 @@ pub use error::{CodecError, Corruption, Error, FatalCause, IndexError, Result, T
 #[cfg(feature = "sim")]
 pub use journal::simdisk::{CrashMode, PowerLossCounts, SimDisk};
 pub use journal::storage::{FsStorage, Storage};
-pub use journal::{Appended, Journal, JournalConfig, RecoveryReport, TornTail, VerifyReport};
+pub use journal::{
+    Appended, Journal, JournalConfig, JournalRecord, RecordPosition, RecoveryReport, TornTail,
+    VerifyReport,
+};
 
 pub use ledger::{
-    Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry, IndexRecovery, Ledger,
-    LedgerConfig, OpenReport, Ticket,
+    Alert, AlertThresholds, Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry,
+    IndexRecovery, Ledger, LedgerConfig, OpenReport, Ticket,
 };
 pub use model::{
     AccountId, Amount, AttemptNumber, AttemptPlan, Contradiction, Currency, CustomerRef, Decision,

@@ -205,6 +205,16 @@ pub trait Provider: Send + Sync {
     fn query(&self, reference: &ProviderReference) -> QueryReply;
 }
 
+/// A borrowed provider is a provider.
+impl<P: Provider + ?Sized> Provider for &P {
+    fn charge(&self, request: &ChargeRequest) -> ChargeReply {
+        (**self).charge(request)
+    }
+    fn query(&self, reference: &ProviderReference) -> QueryReply {
+        (**self).query(reference)
+    }
+}
+
 /// A shared provider is a provider, so one client can serve `charge_once` and the reconciler.
 impl<P: Provider + ?Sized> Provider for std::sync::Arc<P> {
     fn charge(&self, request: &ChargeRequest) -> ChargeReply {

@@ -27,13 +27,13 @@ use crate::limits::{
 };
 use crate::model::Sequence;
 
-use super::Journal;
 use super::format::{
     ChainHash, FRAME_HEADER_LEN, FrameHeader, RECORD_HEADER_LEN, SEGMENT_FORMAT_VERSION,
     SEGMENT_HEADER_LEN, SegmentHeader, encode_record,
 };
 use super::segment::{SegmentInfo, create_segment, segment_path};
 use super::storage::StorageFile;
+use super::{Journal, RecordPosition};
 use crate::sync::{lock, write};
 
 /// Where the next record goes: the open last segment and the chain head.
@@ -71,6 +71,8 @@ pub struct Appended {
     pub sequences: RangeInclusive<Sequence>,
     /// The chain hash of its last record: it commits to every record up to it.
     pub chain_head: ChainHash,
+    /// Where its records are, in order.
+    pub positions: Vec<RecordPosition>,
 }
 
 impl Journal {
@@ -80,7 +82,8 @@ impl Journal {
     /// # Errors
     /// [`Error::TooLarge`] for an empty, oversized or too-long append (nothing is written),
     /// [`Error::AppendFailed`] if the write or sync covering it failed (it may or may not be on
-    /// disk), [`Error::Poisoned`] if an earlier one failed (nothing of it was written).
+    /// disk), [`Error::Poisoned`] if an earlier one failed (nothing of it was written),
+    /// [`Error::ReadOnly`] on a read-only journal.
     pub fn append(&self, payloads: Vec<Vec<u8>>) -> Result<RangeInclusive<Sequence>> {
         self.append_chained(payloads).map(|a| a.sequences)
     }
@@ -90,6 +93,9 @@ impl Journal {
     /// # Errors
     /// As [`Journal::append`].
     pub fn append_chained(&self, payloads: Vec<Vec<u8>>) -> Result<Appended> {
+        if self.is_read_only() {
+            return Err(Error::ReadOnly);
+        }
         self.check_append(&payloads)?;
         let mut queue = lock(&self.queue);
         while queue.stopped.is_none() && queue.waiting.len() >= COMMIT_QUEUE_LEN_MAX {
@@ -217,7 +223,12 @@ impl Journal {
             }
             let first = writer.next_sequence;
             let count = request.payloads.len();
+            let mut positions = Vec::with_capacity(count);
             for (i, payload) in request.payloads.iter().enumerate() {
+                positions.push(RecordPosition {
+                    segment: writer.segment,
+                    offset: writer.offset + frame.len(),
+                });
                 let batch_left = u32::try_from(count - 1 - i).unwrap_or(u32::MAX);
                 writer.head = encode_record(
                     &mut frame.buf,
@@ -233,6 +244,7 @@ impl Journal {
             appended.push(Appended {
                 sequences: Sequence(first)..=Sequence(writer.next_sequence - 1),
                 chain_head: writer.head,
+                positions,
             });
         }
         assert_eq!(appended.len(), batch.len(), "one answer per append");

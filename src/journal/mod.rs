@@ -40,7 +40,7 @@ use crate::sync::{lock, read};
 use format::{ChainHash, GENESIS_HASH, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_LEN, SegmentHeader};
 pub use group_commit::Appended;
 use group_commit::{CommitQueue, Writer};
-pub use read::JournalReader;
+pub use read::{Follower, JournalReader};
 use segment::{
     SEGMENT_SUFFIX, SegmentInfo, TEMP_SUFFIX, corrupt, create_segment, open_segment, segment_path,
 };
@@ -76,8 +76,9 @@ pub struct RecoveryReport {
     pub last_sequence: Sequence,
 }
 
-/// An incomplete write at the end of the last segment, zeroed on open. It was never
-/// acknowledged: appends return only after the sync that covers them.
+/// An incomplete write at the end of the last segment, zeroed on a writable open and left in
+/// place by a read-only one. It was never acknowledged: appends return only after the sync that
+/// covers them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
     /// The segment.
@@ -101,6 +102,9 @@ pub struct VerifyReport {
     pub last_sequence: Sequence,
     /// Chain hash of the last record.
     pub head: ChainHash,
+    /// A torn tail a read-only open left in place (a writable open cuts it before anyone can
+    /// verify): reported, not corruption. Any non-zero byte beyond it still is.
+    pub torn_tail: Option<TornTail>,
 }
 
 /// One record read back.
@@ -110,8 +114,44 @@ pub struct JournalRecord {
     pub sequence: Sequence,
     /// Its chain hash.
     pub hash: ChainHash,
+    /// Where it is.
+    pub position: RecordPosition,
     /// Its payload.
     pub payload: Vec<u8>,
+}
+
+/// Where a record is: its segment and the offset of its header in the segment file. Stable for
+/// the life of the journal (records are never moved or rewritten).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RecordPosition {
+    /// The segment's number.
+    pub segment: u64,
+    /// The offset of the record's header.
+    pub offset: u64,
+}
+
+impl RecordPosition {
+    /// The 16 bytes of a position (segment, offset; u64 BE each).
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.segment.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.offset.to_be_bytes());
+        bytes
+    }
+
+    /// A position from its 16 bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        let (segment, offset) = bytes.split_at(8);
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            u64::from_be_bytes(w)
+        };
+        Self {
+            segment: word(segment),
+            offset: word(offset),
+        }
+    }
 }
 
 /// Figures for alerting and benchmarks.
@@ -142,7 +182,10 @@ pub struct Journal {
     queue_changed: Condvar,
     durable_sequence: AtomicU64,
     stats: Mutex<JournalStats>,
-    _lock: Box<dyn DirLock>,
+    /// The directory lock; `None` for a read-only journal, which takes none.
+    _lock: Option<Box<dyn DirLock>>,
+    /// The torn tail a read-only open found and, writing nothing, left in place.
+    left_torn: Option<TornTail>,
 }
 
 impl Journal {
@@ -196,7 +239,7 @@ impl Journal {
             .into());
         }
         let dir_lock = lock_dir(&*storage, &dir, &config)?;
-        let mut segments = list_segments(&*storage, &dir)?;
+        let mut segments = list_segments(&*storage, &dir, true)?;
         if segments.is_empty() && !config.create_if_missing {
             return Err(Error::NotFound { dir });
         }
@@ -260,10 +303,76 @@ impl Journal {
             queue: Mutex::new(CommitQueue::default()),
             queue_changed: Condvar::new(),
             stats: Mutex::new(JournalStats::default()),
-            _lock: dir_lock,
+            _lock: Some(dir_lock),
+            left_torn: None,
         };
         journal.leave_old_format()?;
         Ok((journal, report))
+    }
+
+    /// Opens the journal in `dir` on `storage` for reading only: no lock is taken, no file is
+    /// created, opened for writing, changed or synced, so it works on a read-only copy or a
+    /// file-system snapshot, even while the live journal is written elsewhere. A torn tail is
+    /// reported and left as it is; reads end at the last complete commit. Appends are refused
+    /// ([`Error::ReadOnly`]).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no journal; otherwise as [`Journal::open_acknowledged`]
+    /// (with `acknowledged` read once the segments are listed).
+    pub fn open_read_only(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        acknowledged: impl FnOnce() -> Result<Sequence>,
+    ) -> Result<(Self, RecoveryReport)> {
+        let dir = dir.as_ref().to_path_buf();
+        if !storage.exists(&dir) {
+            return Err(Error::NotFound { dir });
+        }
+        let segments = list_segments(&*storage, &dir, false)?;
+        let Some(last) = segments.last().cloned() else {
+            return Err(Error::NotFound { dir });
+        };
+        let acknowledged = acknowledged()?;
+        let scanned = recovery::scan_last(&*storage, &last, acknowledged)?;
+        let file = storage
+            .open_read(&last.path)
+            .map_err(|e| Error::io(format!("opening {}", last.path.display()), e))?;
+        let committed = scanned.committed;
+        let report = RecoveryReport {
+            torn_tail: scanned.torn_tail(last.number),
+            segments: segments.len(),
+            last_sequence: Sequence(committed.last_sequence),
+        };
+        let writer = Writer {
+            file,
+            segment: last.number,
+            version: scanned.version,
+            offset: committed.end,
+            next_sequence: committed.last_sequence.saturating_add(1),
+            head: committed.head,
+        };
+        let journal = Self {
+            dir,
+            storage,
+            config: JournalConfig {
+                segment_len: SEGMENT_LEN_MAX,
+                create_if_missing: false,
+            },
+            segments: RwLock::new(segments),
+            durable_sequence: AtomicU64::new(committed.last_sequence),
+            writer: Mutex::new(writer),
+            queue: Mutex::new(CommitQueue::default()),
+            queue_changed: Condvar::new(),
+            stats: Mutex::new(JournalStats::default()),
+            _lock: None,
+            left_torn: report.torn_tail.clone(),
+        };
+        Ok((journal, report))
+    }
+
+    /// Whether the journal was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self._lock.is_none()
     }
 
     /// The directory.
@@ -319,13 +428,13 @@ fn lock_dir(storage: &dyn Storage, dir: &Path, config: &JournalConfig) -> Result
         })
 }
 
-/// Removes segments whose creation never finished, then checks every segment's header,
-/// numbering and first sequence, in order.
-fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<SegmentInfo>> {
+/// Removes segments whose creation never finished (when `repair`), then checks every segment's
+/// header, numbering and first sequence, in order.
+fn list_segments(storage: &dyn Storage, dir: &Path, repair: bool) -> Result<Vec<SegmentInfo>> {
     let names = storage
         .list(dir)
         .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-    for name in names.iter().filter(|n| n.ends_with(TEMP_SUFFIX)) {
+    for name in names.iter().filter(|n| repair && n.ends_with(TEMP_SUFFIX)) {
         // A segment whose creation did not finish: it was never renamed into place, so it
         // holds no record.
         let path = dir.join(name);

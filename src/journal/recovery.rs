@@ -28,19 +28,40 @@ use super::format::{
 };
 use super::group_commit::Writer;
 use super::segment::{
-    Cursor, READ_WINDOW_LEN, RECORD_LEN_MAX, SegmentInfo, Step, Window, corrupt, intact_frame_at,
-    open_segment,
+    Committed, Cursor, READ_WINDOW_LEN, RECORD_LEN_MAX, SegmentInfo, Step, Window, corrupt,
+    intact_frame_at, open_segment,
 };
 use super::storage::Storage;
 
-/// Scans the last segment, cuts a torn tail (reporting it) and returns the writer positioned
-/// after the last complete commit.
-pub(crate) fn recover_last(
+/// What scanning the last segment found, before anything is changed.
+pub(crate) struct LastSegment {
+    /// Its format version.
+    pub version: u32,
+    /// Where the last complete commit ends, with the chain head and sequence there.
+    pub committed: Committed,
+    /// The end of the torn tail after it (`committed.end` if there is none).
+    pub garbage_end: u64,
+}
+
+impl LastSegment {
+    /// The torn tail the scan found, if any.
+    pub fn torn_tail(&self, segment: u64) -> Option<TornTail> {
+        (self.garbage_end > self.committed.end).then(|| TornTail {
+            segment,
+            offset: self.committed.end,
+            bytes: self.garbage_end - self.committed.end,
+        })
+    }
+}
+
+/// Scans the last segment, reading only: where its complete commits end, whether a torn tail
+/// follows, or why the damage is corruption. `acknowledged` is the evidence of what was
+/// acknowledged (an index watermark).
+pub(crate) fn scan_last(
     storage: &dyn Storage,
     last: &SegmentInfo,
     acknowledged: Sequence,
-    report: &mut RecoveryReport,
-) -> Result<Writer> {
+) -> Result<LastSegment> {
     let segment = open_segment(storage, last)?;
     let version = segment.header.version;
     let mut cursor = Cursor::new(segment, last.number);
@@ -93,11 +114,28 @@ pub(crate) fn recover_last(
         }
         garbage_end
     };
-    let file = cursor.into_file();
+    Ok(LastSegment {
+        version,
+        committed,
+        garbage_end,
+    })
+}
+
+/// Scans the last segment, cuts a torn tail (reporting it) and returns the writer positioned
+/// after the last complete commit.
+pub(crate) fn recover_last(
+    storage: &dyn Storage,
+    last: &SegmentInfo,
+    acknowledged: Sequence,
+    report: &mut RecoveryReport,
+) -> Result<Writer> {
+    let scanned = scan_last(storage, last, acknowledged)?;
+    let committed = scanned.committed;
     let io_err = |e| Error::io(format!("recovering {}", last.path.display()), e);
+    let file = storage.open(&last.path, false).map_err(io_err)?;
     let mut at = committed.end;
-    while at < garbage_end {
-        let len = (garbage_end - at).min(READ_WINDOW_LEN as u64);
+    while at < scanned.garbage_end {
+        let len = (scanned.garbage_end - at).min(READ_WINDOW_LEN as u64);
         let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
         file.write_all_at(&zeros, at).map_err(io_err)?;
         at += len;
@@ -108,19 +146,13 @@ pub(crate) fn recover_last(
     // process's sync failed, or it died before syncing): make it durable before anyone is
     // served from it.
     file.sync_data().map_err(io_err)?;
-    if garbage_end > committed.end {
-        report.torn_tail = Some(TornTail {
-            segment: last.number,
-            offset: committed.end,
-            bytes: garbage_end - committed.end,
-        });
-    }
+    report.torn_tail = scanned.torn_tail(last.number);
     Ok(Writer {
         file,
         segment: last.number,
-        version,
+        version: scanned.version,
         offset: committed.end,
-        next_sequence: next,
+        next_sequence: committed.last_sequence.saturating_add(1),
         head: committed.head,
     })
 }

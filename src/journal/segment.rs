@@ -72,7 +72,7 @@ pub(crate) struct OpenSegment {
 pub(crate) fn open_segment(storage: &dyn Storage, info: &SegmentInfo) -> Result<OpenSegment> {
     let path = &info.path;
     let file = storage
-        .open(path, false)
+        .open_read(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let len = file
         .file_len()
@@ -152,6 +152,13 @@ impl Window {
     /// The file's length.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Forgets the bytes read so far, so that the next read sees what was written since (a
+    /// reader following a live journal).
+    pub fn forget(&mut self) {
+        self.buf.clear();
+        self.start = 0;
     }
 
     /// The bytes from `offset` on: at least `want` of them unless the file ends first, at most
@@ -275,14 +282,14 @@ impl Cursor {
         self.uncommitted > 0
     }
 
+    /// Forgets the bytes read so far (see [`Window::forget`]): the next step re-reads the file.
+    pub fn refresh(&mut self) {
+        self.window.forget();
+    }
+
     /// The window, for callers that look past the records (recovery).
     pub fn window(&mut self) -> &mut Window {
         &mut self.window
-    }
-
-    /// The segment's file, once the walk is over.
-    pub fn into_file(self) -> Box<dyn StorageFile> {
-        self.window.file
     }
 
     /// The payload of `record`, which this cursor just returned.

@@ -453,6 +453,9 @@ impl Storage for SimDisk {
             generation: state.generation,
         }))
     }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        self.open(path, false)
+    }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.lock();
         let id = state.names.remove(from).ok_or_else(missing)?;

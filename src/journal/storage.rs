@@ -41,6 +41,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Opens a file for reading and writing, creating it if `create`.
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>>;
+    /// Opens a file for reading only: it works on a read-only file system or snapshot, and the
+    /// handle cannot write.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
     /// Renames a file.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
@@ -122,6 +125,9 @@ impl Storage for FsStorage {
             .truncate(false)
             .open(path)?;
         Ok(Box::new(FsFile(file)))
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(FsFile(File::open(path)?)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)

@@ -54,6 +54,7 @@ impl Journal {
             record_bytes: 0,
             last_sequence: Sequence(0),
             head: GENESIS_HASH,
+            torn_tail: self.left_torn.clone(),
         };
         let parallel = std::thread::available_parallelism().map_or(1, usize::from);
         let mut expected = (1u64, GENESIS_HASH);
@@ -95,7 +96,7 @@ impl Journal {
     }
 
     /// Checks one segment on its own: header, every record up to sequence `until`, and that
-    /// nothing but zeros follows its last record. The last segment's tail is checked with
+    /// nothing but zeros follows its last record (beyond a torn tail a read-only open left). The last segment's tail is checked with
     /// appends held off, so that a commit being written is not taken for garbage.
     fn check_segment(&self, info: &SegmentInfo, until: u64) -> Result<SegmentCheck> {
         let segment = open_segment(&*self.storage, info)?;
@@ -124,8 +125,17 @@ impl Journal {
         if !is_last {
             drop(writer);
         }
+        // A read-only open leaves a torn tail where it is: skip exactly the bytes it reported.
+        let tail_from = match &self.left_torn {
+            Some(torn)
+                if is_last && torn.segment == info.number && torn.offset == committed.end =>
+            {
+                committed.end + torn.bytes
+            }
+            _ => committed.end,
+        };
         let window = cursor.window();
-        if let Some(at) = first_nonzero(window, committed.end)
+        if let Some(at) = first_nonzero(window, tail_from)
             .map_err(|e| Error::io(format!("reading {}", info.path.display()), e))?
             && (!is_last || self.last_sequence().0 == until)
         {

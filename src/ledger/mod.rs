@@ -49,6 +49,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod alerts;
 mod api;
 mod config;
 mod open;
@@ -65,11 +66,12 @@ use std::time::Instant;
 use crate::clock::MonotonicMillis;
 use crate::error::{Error, FatalCause, Result};
 use crate::gate::KeyGate;
-use crate::index::Index;
+use crate::index::KeyIndex;
 use crate::journal::Journal;
 use crate::model::{AttemptNumber, IdempotencyKey, UnixMillis};
 use crate::model::{Event, EventKind};
 
+pub use alerts::{Alert, AlertThresholds};
 pub use config::LedgerConfig;
 pub use replies::{
     Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry, IndexRecovery, OpenReport,
@@ -80,7 +82,7 @@ use write::Watermark;
 #[derive(Debug)]
 struct Inner {
     journal: Journal,
-    index: Index,
+    index: Box<dyn KeyIndex>,
     config: LedgerConfig,
     gate: KeyGate,
     watermark: Mutex<Watermark>,
@@ -90,6 +92,22 @@ struct Inner {
     unknown_since: Mutex<HashMap<IdempotencyKey, UnknownWait>>,
     /// Where the reconciler's scan of in-flight keys resumes, so every key gets its turn.
     in_flight_cursor: Mutex<Option<IdempotencyKey>>,
+}
+
+impl Inner {
+    /// A ledger's state over an opened journal and index, nothing in flight yet.
+    fn new(journal: Journal, index: Box<dyn KeyIndex>, config: LedgerConfig) -> Self {
+        Self {
+            journal,
+            index,
+            config,
+            gate: KeyGate::new(),
+            watermark: Mutex::new(Watermark::default()),
+            index_failed: OnceLock::new(),
+            unknown_since: Mutex::new(HashMap::new()),
+            in_flight_cursor: Mutex::new(None),
+        }
+    }
 }
 
 /// How long the ledger has waited for one unknown attempt: what earlier processes recorded,

@@ -12,14 +12,12 @@
 //!   journal and is rebuilt, with the reason reported;
 //! - attempts in flight when the previous process ended become unknown before anyone is served.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, IndexError, Result};
-use crate::gate::KeyGate;
-use crate::index::{Index, IndexEntry, IndexUpdate, IndexWatermark};
+use crate::index::{IndexEntry, IndexUpdate, IndexWatermark, KeyIndex, MemIndex, SledIndex};
 use crate::journal::codec::decode_event;
 use crate::journal::{Journal, JournalConfig};
 use crate::limits::LIST_LIMIT_MAX;
@@ -43,11 +41,33 @@ impl Ledger {
     /// journal), [`Error::Locked`], [`Error::NotFound`], [`Error::Corrupt`],
     /// [`Error::Inconsistent`], [`Error::IndexAhead`], [`Error::Index`], [`Error::Io`].
     pub fn open(dir: impl AsRef<Path>, config: LedgerConfig) -> Result<(Self, OpenReport)> {
-        let dir = dir.as_ref();
+        Self::open_with(dir.as_ref(), config, false)
+    }
+
+    /// Opens the ledger in `dir` and rebuilds its index from the journal: the journal's lock
+    /// is taken first, so a ledger another process holds is never disturbed, then only sled's
+    /// own files are removed from the index directory.
+    ///
+    /// # Errors
+    /// As [`Ledger::open`] (a read-only configuration is refused: rebuilding writes).
+    pub fn rebuild_index(
+        dir: impl AsRef<Path>,
+        config: LedgerConfig,
+    ) -> Result<(Self, OpenReport)> {
+        if config.read_only {
+            return Err(Error::ReadOnly);
+        }
+        Self::open_with(dir.as_ref(), config, true)
+    }
+
+    fn open_with(dir: &Path, config: LedgerConfig, rebuild: bool) -> Result<(Self, OpenReport)> {
         let span = tracing::info_span!("open", dir = %dir.display());
         let _enter = span.enter();
         let started = Instant::now();
         config.validate()?;
+        if config.read_only {
+            return Self::open_read_only(dir, config);
+        }
         let index_dir = config
             .index_dir
             .clone()
@@ -64,6 +84,9 @@ impl Ledger {
                 create_if_missing: config.create_if_missing,
             },
             || {
+                if rebuild {
+                    SledIndex::remove_files(&index_dir)?;
+                }
                 let (index, reason) = open_index(&index_dir)?;
                 let watermark = index.watermark()?.sequence;
                 opened = Some((index, reason));
@@ -87,17 +110,11 @@ impl Ledger {
             index: index_dir.clone(),
             kind: IndexError::NotOpened,
         })?;
-        let rebuild_reason = check_index_chain(&index, &journal)?.or(reason);
-        let inner = Arc::new(Inner {
-            journal,
-            index,
-            config,
-            gate: KeyGate::new(),
-            watermark: Mutex::new(Watermark::default()),
-            index_failed: OnceLock::new(),
-            unknown_since: Mutex::new(HashMap::new()),
-            in_flight_cursor: Mutex::new(None),
-        });
+        let rebuild_reason = match rebuild {
+            true => Some("rebuild requested".to_string()),
+            false => check_index_chain(&index, &journal)?.or(reason),
+        };
+        let inner = Arc::new(Inner::new(journal, Box::new(index), config));
         let ledger = Ledger { inner };
         let (from, replayed) = ledger.catch_up_index()?;
         let index_report = match rebuild_reason {
@@ -130,6 +147,26 @@ impl Ledger {
                 journal: journal_report,
                 index: index_report,
                 orphaned_attempts,
+            },
+        ))
+    }
+
+    /// A read-only open: no lock, no byte written anywhere. The journal is read as it is (a torn
+    /// tail is reported, not cut); the index is an in-memory replay of the journal, because the
+    /// persistent index cannot be opened without writing to it.
+    fn open_read_only(dir: &Path, config: LedgerConfig) -> Result<(Self, OpenReport)> {
+        let (journal, journal_report) =
+            Journal::open_read_only(Arc::clone(&config.storage), dir, || Ok(Sequence(0)))?;
+        let inner = Arc::new(Inner::new(journal, Box::new(MemIndex::default()), config));
+        let ledger = Ledger { inner };
+        let (_, replayed) = ledger.catch_up_index()?;
+        ledger.watch_unknown_from_open()?;
+        Ok((
+            ledger,
+            OpenReport {
+                journal: journal_report,
+                index: IndexRecovery::InMemory { events: replayed },
+                orphaned_attempts: 0,
             },
         ))
     }
@@ -179,7 +216,7 @@ impl Ledger {
                 key: &event.key,
                 before: before.as_ref(),
                 after: &after,
-                events: &[(record.sequence.0, &record.payload)],
+                events: &[(record.sequence, record.position)],
                 new_reference: reference.as_ref(),
                 watermark: Some(watermark),
             })?;
@@ -304,13 +341,13 @@ fn check_index_dir(ledger_dir: &Path, index_dir: &Path) -> Result<()> {
 
 /// Opens the index, or makes a fresh one when it is missing or unusable; returns why it must be
 /// rebuilt, if it must.
-fn open_index(dir: &Path) -> Result<(Index, Option<String>)> {
+fn open_index(dir: &Path) -> Result<(SledIndex, Option<String>)> {
     let existed = dir.exists();
-    match Index::open(dir)? {
+    match SledIndex::open(dir)? {
         Ok(index) => Ok((index, (!existed).then(|| "index missing".to_string()))),
         Err(reason) => {
-            Index::remove_files(dir)?;
-            let index = Index::open(dir)?.map_err(|reason| Error::Index {
+            SledIndex::remove_files(dir)?;
+            let index = SledIndex::open(dir)?.map_err(|reason| Error::Index {
                 index: dir.to_path_buf(),
                 kind: IndexError::FreshUnusable { reason },
             })?;
@@ -321,7 +358,7 @@ fn open_index(dir: &Path) -> Result<(Index, Option<String>)> {
 
 /// Checks that the index is this journal's: the chain hash it recorded at its watermark must be
 /// the journal's. An index of another journal is cleared for a rebuild; returns why.
-fn check_index_chain(index: &Index, journal: &Journal) -> Result<Option<String>> {
+fn check_index_chain(index: &SledIndex, journal: &Journal) -> Result<Option<String>> {
     let watermark = index.watermark()?;
     debug_assert!(watermark.sequence <= journal.last_sequence());
     if watermark.sequence == Sequence(0) {

@@ -11,7 +11,7 @@ use crate::journal::Journal;
 use crate::journal::codec::decode_event;
 use crate::limits::LIST_LIMIT_MAX;
 use crate::model::{Event, UnknownReason};
-use crate::model::{IdempotencyKey, Sequence, UnixMillis};
+use crate::model::{IdempotencyKey, UnixMillis};
 use crate::model::{PaymentState, Phase, PhaseKind};
 
 use super::Ledger;
@@ -52,19 +52,24 @@ impl Ledger {
         state
     }
 
-    /// Every event of `key`, in journal order.
+    /// Every event of `key`, in journal order, read from the journal at the positions the index
+    /// keeps.
     ///
     /// # Errors
-    /// Index or codec errors.
+    /// Index, journal or codec errors.
     pub fn history(&self, key: &IdempotencyKey) -> Result<Vec<HistoryEntry>> {
         self.inner
             .index
             .history(key)?
             .into_iter()
             .map(|stored| {
+                let record = self
+                    .inner
+                    .journal
+                    .read_at(stored.position, stored.sequence)?;
                 Ok(HistoryEntry {
-                    sequence: Sequence(stored.sequence),
-                    event: decode_event(&stored.payload)?,
+                    sequence: stored.sequence,
+                    event: decode_event(&record.payload)?,
                 })
             })
             .collect()
@@ -150,7 +155,13 @@ impl Ledger {
             in_review: index.count(PhaseKind::InReview),
             conflict: index.count(PhaseKind::Conflict),
             last_sequence: self.inner.journal.last_sequence(),
+            index_watermark: index.watermark()?.sequence,
             journal: self.inner.journal.stats(),
+            fatal: self
+                .inner
+                .journal
+                .stopped()
+                .or_else(|| self.inner.index_failed.get().cloned()),
         })
     }
 

@@ -4,6 +4,7 @@
 //! Invariant: every outcome of normal operation is a value the caller must match (a reused key,
 //! a key in flight or awaiting reconciliation), never an error.
 
+use crate::error::FatalCause;
 use crate::journal::{JournalStats, RecoveryReport};
 use crate::model::Sequence;
 use crate::model::{Decision, Phase};
@@ -20,6 +21,12 @@ pub enum IndexRecovery {
         from: Sequence,
         /// Last sequence replayed.
         to: Sequence,
+    },
+    /// A read-only open: the journal was replayed into an in-memory index (the persistent
+    /// index cannot be opened without writing to it).
+    InMemory {
+        /// Events replayed.
+        events: u64,
     },
     /// The index was missing, unreadable or inconsistent and was rebuilt from the journal.
     Rebuilt {
@@ -81,7 +88,7 @@ pub struct HistoryEntry {
 }
 
 /// Figures to alert on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Health {
     /// Keys whose outcome is unknown.
     pub unknown: usize,
@@ -98,6 +105,12 @@ pub struct Health {
     pub conflict: usize,
     /// Last journal sequence.
     pub last_sequence: Sequence,
+    /// The index's watermark: the last journal sequence it reflects. `last_sequence` minus this
+    /// is how far the index lags the journal.
+    pub index_watermark: Sequence,
     /// Journal sync figures since open.
     pub journal: JournalStats,
+    /// The failure that stopped the ledger (the journal's first failed write or sync, or the
+    /// index's first failed update), if one did: every call fails until it is reopened.
+    pub fatal: Option<FatalCause>,
 }

@@ -14,6 +14,7 @@ use std::ops::RangeInclusive;
 
 use crate::error::{Error, FatalCause, Result};
 use crate::index::{IndexEntry, IndexUpdate, IndexWatermark};
+use crate::journal::RecordPosition;
 use crate::journal::codec::encode_event;
 use crate::journal::format::{ChainHash, GENESIS_HASH};
 use crate::limits::UNKNOWN_WAITS_MAX;
@@ -88,12 +89,17 @@ impl Ledger {
             .iter()
             .map(encode_event)
             .collect::<Result<Vec<_>>>()?;
-        let appended = self.inner.journal.append_chained(payloads.clone())?;
+        let appended = self.inner.journal.append_chained(payloads)?;
         let (first, last) = (*appended.sequences.start(), *appended.sequences.end());
         assert_eq!(
             last.0 - first.0 + 1,
-            payloads.len() as u64,
-            "one sequence per payload"
+            events.len() as u64,
+            "one sequence per event"
+        );
+        assert_eq!(
+            appended.positions.len(),
+            events.len(),
+            "one position per event"
         );
         let last_at = events.last().map_or(UnixMillis(0), |e| e.at);
         let after = IndexEntry {
@@ -106,8 +112,9 @@ impl Ledger {
             last_sequence: last,
         };
         self.watch_unknown(key, &after.state.phase);
-        let stored: Vec<(u64, &[u8])> = (first.0..=last.0)
-            .zip(payloads.iter().map(Vec::as_slice))
+        let stored: Vec<(Sequence, RecordPosition)> = (first.0..=last.0)
+            .map(Sequence)
+            .zip(appended.positions.iter().copied())
             .collect();
         let reference = events.iter().find_map(started_reference);
         let indexed = {

@@ -446,9 +446,9 @@ impl World {
                 .map_err(|e| Error::io(format!("writing {}", dir.join(&name).display()), e))?;
             segment += 1;
         }
+        // Opened for writing once, so that the index is built beside the journal.
         let config = LedgerConfig {
             segment_len: 256 * 1024,
-            read_only: true,
             reconcile: self.reconcile,
             ..LedgerConfig::default()
         };

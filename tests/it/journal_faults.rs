@@ -70,6 +70,9 @@ impl Storage for Hostile {
             storage: self.clone(),
         }))
     }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        self.open(path, false)
+    }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.disk.rename(from, to)
     }

@@ -12,6 +12,7 @@ mod ledger_crash;
 mod ledger_props;
 mod model;
 mod model_props;
+mod operator;
 mod power_loss;
 mod promise;
 mod segment_fixtures;

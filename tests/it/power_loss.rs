@@ -191,6 +191,9 @@ impl Storage for SkipsDataSync {
             std::sync::atomic::AtomicBool::new(!created),
         )))
     }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        self.0.open_read(path)
+    }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.0.rename(from, to)
     }

@@ -1,10 +1,6 @@
-//! The sled index: what must be found fast without replaying history. The only file that
-//! names sled.
+//! The sled index, the only file that names sled.
 //!
 //! Invariants:
-//! - the index is derived data: everything in it is a function of the journal up to its
-//!   watermark; it is written after the journal sync, never synced per operation, and can be
-//!   deleted at any time (the ledger rebuilds it from the journal);
 //! - everything one commit changes (state, lists, schedule, reference, history and the
 //!   watermark) is one atomic sled batch, so a crash leaves the index at some earlier watermark
 //!   with exactly the entries of that watermark, never half a commit;
@@ -17,7 +13,8 @@
 //! - `p` ‖ phase tag ‖ key → () — keys by phase, ordered by key for cursor pagination;
 //! - `q` ‖ next query time (u64 BE) ‖ key → () — unknown keys by when to query them;
 //! - `r` ‖ provider reference → key;
-//! - `h` ‖ key ‖ 0x00 ‖ sequence (u64 BE) → event payload;
+//! - `h` ‖ key ‖ 0x00 ‖ sequence (u64 BE) → the record's position in the journal (segment,
+//!   offset: u64 BE each), not a copy of its payload;
 //! - `m` ‖ `format` → index format version; `m` ‖ `watermark` → last journal sequence reflected
 //!   (u64 BE) and the chain hash of that record (32 bytes), which ties the index to its journal.
 //!
@@ -25,17 +22,16 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, IndexError, Result};
+use crate::journal::RecordPosition;
 use crate::journal::codec::{decode_value, encode_value};
 use crate::journal::format::{ChainHash, GENESIS_HASH};
-use crate::model::{
-    IdempotencyKey, PaymentState, PhaseKind, ProviderReference, Sequence, UnixMillis,
-};
+use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixMillis};
+
+use super::{IndexEntry, IndexUpdate, IndexWatermark, KeyIndex, StoredEvent, listed_as};
 
 /// Bumped whenever the index layout changes; an index of another version is rebuilt.
-const INDEX_FORMAT_VERSION: u64 = 3;
+const INDEX_FORMAT_VERSION: u64 = 4;
 
 /// The files and directories sled keeps in an index directory: the only entries payledger ever
 /// deletes there.
@@ -51,47 +47,8 @@ const HISTORY: u8 = b'h';
 const META: u8 = b'm';
 const CRC_LEN: usize = 4;
 
-/// The position an index reflects: the journal sequence up to which every record is applied,
-/// and the chain hash of that record (zeros for an empty journal).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct IndexWatermark {
-    pub sequence: Sequence,
-    pub chain_hash: ChainHash,
-}
-
-/// What the index holds per key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexEntry {
-    /// The key's state after its last event.
-    pub state: PaymentState,
-    /// Journal sequence of that event.
-    pub last_sequence: Sequence,
-    /// When the reconciler should next query the provider (unknown keys only), on the wall
-    /// clock: a step of it only moves queries earlier or later, never decides anything.
-    pub next_query_at: Option<UnixMillis>,
-}
-
-/// One event of a key's history, as stored.
-pub(crate) struct StoredEvent {
-    pub sequence: u64,
-    pub payload: Vec<u8>,
-}
-
-/// What one commit changes in the index, applied as one atomic batch.
-pub(crate) struct IndexUpdate<'a> {
-    pub key: &'a IdempotencyKey,
-    pub before: Option<&'a IndexEntry>,
-    pub after: &'a IndexEntry,
-    /// The events' sequences and payloads.
-    pub events: &'a [(u64, &'a [u8])],
-    /// The provider reference an `AttemptStarted` among them issued.
-    pub new_reference: Option<&'a ProviderReference>,
-    /// The watermark after this commit, written in the same batch.
-    pub watermark: Option<IndexWatermark>,
-}
-
 #[derive(Debug)]
-pub(crate) struct Index {
+pub(crate) struct SledIndex {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
@@ -165,16 +122,7 @@ fn unsealed<'v>(sled_key: &[u8], value: &'v [u8]) -> Option<&'v [u8]> {
     (check.finalize() == u32::from_le_bytes(*crc)).then_some(bytes)
 }
 
-/// The lists a key appears in: its phase, and `Conflict` too while a contradiction waits beside
-/// an attempt still in doubt (which stays listed, and scheduled, under its own phase).
-fn listed_as(state: &PaymentState) -> impl Iterator<Item = PhaseKind> {
-    let phase = state.phase.kind();
-    let conflict =
-        (state.conflict.is_some() && phase != PhaseKind::Conflict).then_some(PhaseKind::Conflict);
-    std::iter::once(phase).chain(conflict)
-}
-
-impl Index {
+impl SledIndex {
     /// An error about this index.
     fn error(&self, kind: IndexError) -> Error {
         index_error(&self.path, kind)
@@ -253,37 +201,12 @@ impl Index {
         Ok(())
     }
 
-    /// The journal position the index reflects.
-    pub fn watermark(&self) -> Result<IndexWatermark> {
-        let Some(bytes) = self.read(&meta_key("watermark"), "watermark")? else {
-            return Ok(IndexWatermark {
-                sequence: Sequence(0),
-                chain_hash: GENESIS_HASH,
-            });
-        };
-        let (sequence, hash) = bytes
-            .split_first_chunk::<8>()
-            .ok_or_else(|| self.damaged("watermark"))?;
-        let chain_hash: ChainHash = hash.try_into().map_err(|_| self.damaged("watermark"))?;
-        Ok(IndexWatermark {
-            sequence: Sequence(u64::from_be_bytes(*sequence)),
-            chain_hash,
-        })
-    }
-
     fn watermark_value(watermark: IndexWatermark) -> (Vec<u8>, Vec<u8>) {
         let key = meta_key("watermark");
         let mut bytes = watermark.sequence.0.to_be_bytes().to_vec();
         bytes.extend_from_slice(&watermark.chain_hash);
         let value = sealed(&key, &bytes);
         (key, value)
-    }
-
-    /// Records that every journal record up to `watermark` is reflected.
-    pub fn set_watermark(&self, watermark: IndexWatermark) -> Result<()> {
-        let (key, value) = Self::watermark_value(watermark);
-        self.tree.insert(key, value).map_err(|e| self.sled(e))?;
-        Ok(())
     }
 
     /// Deletes what sled keeps in `dir` (its config, data, blobs and snapshots) and nothing
@@ -312,19 +235,46 @@ impl Index {
         }
         Ok(())
     }
+}
+
+impl KeyIndex for SledIndex {
+    /// The journal position the index reflects.
+    fn watermark(&self) -> Result<IndexWatermark> {
+        let Some(bytes) = self.read(&meta_key("watermark"), "watermark")? else {
+            return Ok(IndexWatermark {
+                sequence: Sequence(0),
+                chain_hash: GENESIS_HASH,
+            });
+        };
+        let (sequence, hash) = bytes
+            .split_first_chunk::<8>()
+            .ok_or_else(|| self.damaged("watermark"))?;
+        let chain_hash: ChainHash = hash.try_into().map_err(|_| self.damaged("watermark"))?;
+        Ok(IndexWatermark {
+            sequence: Sequence(u64::from_be_bytes(*sequence)),
+            chain_hash,
+        })
+    }
+
+    /// Records that every journal record up to `watermark` is reflected.
+    fn set_watermark(&self, watermark: IndexWatermark) -> Result<()> {
+        let (key, value) = Self::watermark_value(watermark);
+        self.tree.insert(key, value).map_err(|e| self.sled(e))?;
+        Ok(())
+    }
 
     /// The entry of `key`.
     ///
     /// # Errors
     /// [`IndexError::Damaged`] if its bytes fail their check.
-    pub fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
+    fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
         self.read(&state_key(key), "state entry")?
             .map(|bytes| decode_value(&bytes).map_err(|_| self.damaged("state entry")))
             .transpose()
     }
 
     /// Applies one commit's changes, atomically.
-    pub fn put(&self, update: &IndexUpdate<'_>) -> Result<()> {
+    fn put(&self, update: &IndexUpdate<'_>) -> Result<()> {
         let IndexUpdate {
             key,
             before,
@@ -362,10 +312,10 @@ impl Index {
             batch.insert(sled_key, value);
         }
         let prefix = history_prefix(key);
-        for (sequence, payload) in *events {
+        for (sequence, position) in *events {
             let mut sled_key = prefix.clone();
-            sled_key.extend_from_slice(&sequence.to_be_bytes());
-            let value = sealed(&sled_key, payload);
+            sled_key.extend_from_slice(&sequence.0.to_be_bytes());
+            let value = sealed(&sled_key, &position.to_bytes());
             batch.insert(sled_key, value);
         }
         let sled_key = state_key(key);
@@ -379,7 +329,7 @@ impl Index {
     }
 
     /// Keys in `phase`, ordered by key, strictly after `after`, at most `limit`.
-    pub fn list(
+    fn list(
         &self,
         phase: PhaseKind,
         after: Option<&IdempotencyKey>,
@@ -406,12 +356,12 @@ impl Index {
     }
 
     /// How many keys are in `phase`.
-    pub fn count(&self, phase: PhaseKind) -> usize {
+    fn count(&self, phase: PhaseKind) -> usize {
         self.tree.scan_prefix([PHASE, phase as u8]).count()
     }
 
     /// Unknown keys whose query time is at or before `now`, earliest first, at most `limit`.
-    pub fn due(&self, now: UnixMillis, limit: usize) -> Result<Vec<IdempotencyKey>> {
+    fn due(&self, now: UnixMillis, limit: usize) -> Result<Vec<IdempotencyKey>> {
         let mut keys = Vec::new();
         let start = [SCHEDULE];
         // Every entry of a later time sorts after that time's 8 bytes alone.
@@ -427,17 +377,14 @@ impl Index {
     }
 
     /// The key a provider reference was issued for.
-    pub fn key_for_reference(
-        &self,
-        reference: &ProviderReference,
-    ) -> Result<Option<IdempotencyKey>> {
+    fn key_for_reference(&self, reference: &ProviderReference) -> Result<Option<IdempotencyKey>> {
         self.read(&reference_key(reference), "reference")?
             .map(|bytes| self.key_from(&bytes))
             .transpose()
     }
 
     /// The stored events of `key`, in journal order.
-    pub fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>> {
+    fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>> {
         let prefix = history_prefix(key);
         let mut events = Vec::new();
         for item in self.tree.scan_prefix(&prefix) {
@@ -446,23 +393,25 @@ impl Index {
                 .get(prefix.len()..)
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| self.damaged("history key"))?;
-            let payload = unsealed(&sled_key, &value).ok_or_else(|| self.damaged("history"))?;
+            let position: [u8; 16] = unsealed(&sled_key, &value)
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| self.damaged("history"))?;
             events.push(StoredEvent {
-                sequence: u64::from_be_bytes(word),
-                payload: payload.to_vec(),
+                sequence: Sequence(u64::from_be_bytes(word)),
+                position: RecordPosition::from_bytes(position),
             });
         }
         Ok(events)
     }
 
     /// Empties the index (before a rebuild).
-    pub fn clear(&self) -> Result<()> {
+    fn clear(&self) -> Result<()> {
         self.tree.clear().map_err(|e| self.sled(e))?;
         self.set_format()
     }
 
     /// Writes sled's buffers to disk (not needed for correctness: the index is derived).
-    pub fn flush(&self) -> Result<()> {
+    fn flush(&self) -> Result<()> {
         self.db.flush().map_err(|e| self.sled(e))?;
         Ok(())
     }

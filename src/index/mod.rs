@@ -1,0 +1,107 @@
+//! The index: what must be found fast without replaying history: a key's state, keys by phase,
+//! the reconcile schedule, the key of a provider reference, the positions of a key's events.
+//!
+//! Invariant: the index is derived data. Everything in it is a function of the journal up to
+//! its watermark; it is written after the journal sync, never synced per operation, and can be
+//! deleted at any time (the ledger rebuilds it from the journal).
+//!
+//! Two implementations of [`KeyIndex`]: `sled.rs` (the persistent index, the only file that
+//! names sled) and `memory.rs` (an in-memory index built by replaying the journal, for read-only
+//! opens, which must not write a byte, and sled cannot open without writing).
+
+mod memory;
+mod sled;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::journal::RecordPosition;
+use crate::journal::format::ChainHash;
+use crate::model::{
+    IdempotencyKey, PaymentState, PhaseKind, ProviderReference, Sequence, UnixMillis,
+};
+
+pub(crate) use self::sled::SledIndex;
+pub(crate) use memory::MemIndex;
+
+/// The position an index reflects: the journal sequence up to which every record is applied,
+/// and the chain hash of that record (zeros for an empty journal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IndexWatermark {
+    pub sequence: Sequence,
+    pub chain_hash: ChainHash,
+}
+
+/// What the index holds per key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The key's state after its last event.
+    pub state: PaymentState,
+    /// Journal sequence of that event.
+    pub last_sequence: Sequence,
+    /// When the reconciler should next query the provider (unknown keys only), on the wall
+    /// clock: a step of it only moves queries earlier or later, never decides anything.
+    pub next_query_at: Option<UnixMillis>,
+}
+
+/// One event of a key's history, as stored: where to read it in the journal.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StoredEvent {
+    pub sequence: Sequence,
+    pub position: RecordPosition,
+}
+
+/// What one commit changes in the index, applied as one atomic batch.
+pub(crate) struct IndexUpdate<'a> {
+    pub key: &'a IdempotencyKey,
+    pub before: Option<&'a IndexEntry>,
+    pub after: &'a IndexEntry,
+    /// The events' sequences and positions in the journal.
+    pub events: &'a [(Sequence, RecordPosition)],
+    /// The provider reference an `AttemptStarted` among them issued.
+    pub new_reference: Option<&'a ProviderReference>,
+    /// The watermark after this commit, written in the same batch.
+    pub watermark: Option<IndexWatermark>,
+}
+
+/// The lists a key appears in: its phase, and `Conflict` too while a contradiction waits beside
+/// an attempt still in doubt (which stays listed, and scheduled, under its own phase).
+fn listed_as(state: &PaymentState) -> impl Iterator<Item = PhaseKind> {
+    let phase = state.phase.kind();
+    let conflict =
+        (state.conflict.is_some() && phase != PhaseKind::Conflict).then_some(PhaseKind::Conflict);
+    std::iter::once(phase).chain(conflict)
+}
+
+/// What the ledger needs of an index. Every method reads or writes derived data only.
+pub(crate) trait KeyIndex: Send + Sync + fmt::Debug {
+    /// The entry of `key`.
+    fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>>;
+    /// Applies one commit's changes, atomically.
+    fn put(&self, update: &IndexUpdate<'_>) -> Result<()>;
+    /// Keys in `phase`, ordered by key, strictly after `after`, at most `limit`.
+    fn list(
+        &self,
+        phase: PhaseKind,
+        after: Option<&IdempotencyKey>,
+        limit: usize,
+    ) -> Result<Vec<IdempotencyKey>>;
+    /// How many keys are in `phase`.
+    fn count(&self, phase: PhaseKind) -> usize;
+    /// Unknown keys whose query time is at or before `now`, earliest first, at most `limit`.
+    fn due(&self, now: UnixMillis, limit: usize) -> Result<Vec<IdempotencyKey>>;
+    /// The key a provider reference was issued for.
+    fn key_for_reference(&self, reference: &ProviderReference) -> Result<Option<IdempotencyKey>>;
+    /// The stored events of `key`, in journal order.
+    fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>>;
+    /// The journal position the index reflects.
+    fn watermark(&self) -> Result<IndexWatermark>;
+    /// Records that every journal record up to `watermark` is reflected.
+    fn set_watermark(&self, watermark: IndexWatermark) -> Result<()>;
+    /// Empties the index (before a rebuild).
+    fn clear(&self) -> Result<()>;
+    /// Writes buffers to disk, where there is a disk.
+    fn flush(&self) -> Result<()>;
+}
