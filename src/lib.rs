@@ -54,6 +54,9 @@ pub struct ReadmeDoctests;
 
 pub use clock::{Clock, ManualClock, MonotonicMillis, SystemClock};
 pub use error::{CodecError, Corruption, Error, FatalCause, IndexError, Result, TooLarge};
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use index::IndexFaults;
 #[cfg(feature = "sim")]
 pub use journal::simdisk::{CrashMode, PowerLossCounts, SimDisk};
 pub use journal::storage::{FsStorage, Storage};

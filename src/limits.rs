@@ -76,6 +76,14 @@ pub const ATOMIC_RECORDS_MAX: usize = 8;
 /// Appends that may wait for a group commit at once; more callers block (back-pressure).
 pub const COMMIT_QUEUE_LEN_MAX: usize = 4_096;
 
+/// Durable commits that may wait for the index applier; a writer that finds this many waits
+/// before appending (back-pressure), so the backlog and the overlay stay below this plus the
+/// number of concurrent writers.
+pub const INDEX_BACKLOG_MAX: usize = 16_384;
+
+/// Commits the index applier applies in one atomic batch at most.
+pub const INDEX_APPLY_BATCH_MAX: usize = 4_096;
+
 /// Bytes one group commit writes at most (one commit frame, header included). A power cut can
 /// damage only the last, unsynced commit, so recovery looks for torn bytes at most this far past
 /// the journal's end. The largest atomic append (8 records of 64 KiB) fits many times over.

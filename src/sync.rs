@@ -3,16 +3,21 @@
 //! explorer can drive every interleaving.
 //!
 //! Invariants:
-//! - `gate.rs` takes its locks only from here (`Mutex`, `MutexGuard`);
+//! - `gate.rs` and `index/live.rs` take their locks, condition variables and threads only from
+//!   here;
 //! - every lock is taken with [`lock`], [`read`] or [`write`]: a lock poisoned by a panic is
 //!   taken over, because every critical section in payledger leaves its data consistent before
 //!   anything in it can panic (and a panic inside the journal's commit poisons the journal
 //!   itself, see `journal/group_commit.rs`).
 
 #[cfg(shuttle)]
-pub(crate) use shuttle::sync::{Mutex, MutexGuard};
+pub(crate) use shuttle::sync::{Condvar, Mutex, MutexGuard};
+#[cfg(shuttle)]
+pub(crate) use shuttle::thread::{JoinHandle, spawn};
 #[cfg(not(shuttle))]
-pub(crate) use std::sync::{Mutex, MutexGuard};
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
+#[cfg(not(shuttle))]
+pub(crate) use std::thread::{JoinHandle, spawn};
 
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -42,6 +47,23 @@ impl<'a, T: 'a> Lockable<'a> for shuttle::sync::Mutex<T> {
 /// Locks `mutex`, taking over a poisoned lock.
 pub(crate) fn lock<'a, M: Lockable<'a>>(mutex: &'a M) -> M::Guard {
     mutex.take()
+}
+
+/// Waits on `condvar`, taking over a poisoned lock.
+pub(crate) fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    condvar.wait(guard).unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits on `condvar` for at most `timeout`, taking over a poisoned lock.
+pub(crate) fn wait_timeout<'a, T>(
+    condvar: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: std::time::Duration,
+) -> MutexGuard<'a, T> {
+    match condvar.wait_timeout(guard, timeout) {
+        Ok((guard, _)) => guard,
+        Err(poisoned) => poisoned.into_inner().0,
+    }
 }
 
 /// Read-locks `rwlock`, taking over a poisoned lock.

@@ -14,7 +14,7 @@ use crate::journal::format::GENESIS_HASH;
 use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixMillis};
 use crate::sync::lock;
 
-use super::{IndexEntry, IndexUpdate, IndexWatermark, KeyIndex, StoredEvent, listed_as};
+use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, StoredEvent, listed_as};
 
 #[derive(Debug, Default)]
 struct Tables {
@@ -25,6 +25,40 @@ struct Tables {
     references: HashMap<ProviderReference, IdempotencyKey>,
     history: HashMap<IdempotencyKey, BTreeMap<Sequence, StoredEvent>>,
     watermark: Option<IndexWatermark>,
+}
+
+impl Tables {
+    fn apply(&mut self, update: &KeyUpdate) {
+        let key = &update.key;
+        if let Some(before) = &update.before {
+            for kind in before.phases() {
+                self.phases.remove(&(kind, key.as_str().to_string()));
+            }
+            if let Some(at) = before.next_query_at {
+                self.schedule.remove(&(at, key.as_str().to_string()));
+            }
+        }
+        for kind in listed_as(&update.after.state) {
+            self.phases.insert((kind, key.as_str().to_string()));
+        }
+        if let Some(at) = update.after.next_query_at {
+            self.schedule.insert((at, key.as_str().to_string()));
+        }
+        for reference in &update.new_references {
+            self.references.insert(reference.clone(), key.clone());
+        }
+        let history = self.history.entry(key.clone()).or_default();
+        for (sequence, position) in &update.events {
+            history.insert(
+                *sequence,
+                StoredEvent {
+                    sequence: *sequence,
+                    position: *position,
+                },
+            );
+        }
+        self.states.insert(key.clone(), update.after.clone());
+    }
 }
 
 /// A key stored as text here was a valid key when it was put.
@@ -43,44 +77,12 @@ impl KeyIndex for MemIndex {
         Ok(lock(&self.tables).states.get(key).cloned())
     }
 
-    fn put(&self, update: &IndexUpdate<'_>) -> Result<()> {
+    fn apply(&self, updates: &[KeyUpdate], watermark: IndexWatermark) -> Result<()> {
         let mut tables = lock(&self.tables);
-        let key = update.key;
-        if let Some(before) = update.before {
-            assert!(
-                update.after.last_sequence > before.last_sequence,
-                "an index entry's last sequence only grows"
-            );
-            for kind in listed_as(&before.state) {
-                tables.phases.remove(&(kind, key.as_str().to_string()));
-            }
-            if let Some(at) = before.next_query_at {
-                tables.schedule.remove(&(at, key.as_str().to_string()));
-            }
+        for update in updates {
+            tables.apply(update);
         }
-        for kind in listed_as(&update.after.state) {
-            tables.phases.insert((kind, key.as_str().to_string()));
-        }
-        if let Some(at) = update.after.next_query_at {
-            tables.schedule.insert((at, key.as_str().to_string()));
-        }
-        if let Some(reference) = update.new_reference {
-            tables.references.insert(reference.clone(), key.clone());
-        }
-        let history = tables.history.entry(key.clone()).or_default();
-        for (sequence, position) in update.events {
-            history.insert(
-                *sequence,
-                StoredEvent {
-                    sequence: *sequence,
-                    position: *position,
-                },
-            );
-        }
-        tables.states.insert(key.clone(), update.after.clone());
-        if let Some(watermark) = update.watermark {
-            tables.watermark = Some(watermark);
-        }
+        tables.watermark = Some(watermark);
         Ok(())
     }
 
@@ -143,11 +145,6 @@ impl KeyIndex for MemIndex {
             sequence: Sequence(0),
             chain_hash: GENESIS_HASH,
         }))
-    }
-
-    fn set_watermark(&self, watermark: IndexWatermark) -> Result<()> {
-        lock(&self.tables).watermark = Some(watermark);
-        Ok(())
     }
 
     fn clear(&self) -> Result<()> {

@@ -7,9 +7,16 @@
 //!
 //! Two implementations of [`KeyIndex`]: `sled.rs` (the persistent index, the only file that
 //! names sled) and `memory.rs` (an in-memory index built by replaying the journal, for read-only
-//! opens, which must not write a byte, and sled cannot open without writing).
+//! opens, which must not write a byte, and sled cannot open without writing). The ledger sees
+//! either through [`LiveIndex`] (`live.rs`): durable commits are applied to it by one applier
+//! thread, off the commit path, and an overlay (`overlay.rs`) answers for what is durable but
+//! not applied yet.
 
+#[cfg(feature = "testing")]
+mod faulty;
+mod live;
 mod memory;
+mod overlay;
 mod sled;
 
 use std::fmt;
@@ -24,6 +31,11 @@ use crate::model::{
 };
 
 pub(crate) use self::sled::SledIndex;
+#[cfg(feature = "testing")]
+pub(crate) use faulty::FaultyIndex;
+#[cfg(feature = "testing")]
+pub use faulty::IndexFaults;
+pub(crate) use live::LiveIndex;
 pub(crate) use memory::MemIndex;
 
 /// The position an index reflects: the journal sequence up to which every record is applied,
@@ -53,17 +65,48 @@ pub(crate) struct StoredEvent {
     pub position: RecordPosition,
 }
 
-/// What one commit changes in the index, applied as one atomic batch.
-pub(crate) struct IndexUpdate<'a> {
-    pub key: &'a IdempotencyKey,
-    pub before: Option<&'a IndexEntry>,
-    pub after: &'a IndexEntry,
-    /// The events' sequences and positions in the journal.
-    pub events: &'a [(Sequence, RecordPosition)],
-    /// The provider reference an `AttemptStarted` among them issued.
-    pub new_reference: Option<&'a ProviderReference>,
-    /// The watermark after this commit, written in the same batch.
-    pub watermark: Option<IndexWatermark>,
+/// Where a key was listed before an update: what the update must remove.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Listing {
+    /// The phase lists it was in (its phase, and `Conflict` beside it while a contradiction
+    /// waits).
+    pub phases: [Option<PhaseKind>; 2],
+    /// Its place in the reconcile schedule.
+    pub next_query_at: Option<UnixMillis>,
+}
+
+impl Listing {
+    /// Where `entry` is listed.
+    pub fn of(entry: &IndexEntry) -> Self {
+        let mut phases = [None; 2];
+        for (slot, kind) in phases.iter_mut().zip(listed_as(&entry.state)) {
+            *slot = Some(kind);
+        }
+        Self {
+            phases,
+            next_query_at: entry.next_query_at,
+        }
+    }
+
+    /// The phase lists.
+    pub fn phases(&self) -> impl Iterator<Item = PhaseKind> + '_ {
+        self.phases.iter().flatten().copied()
+    }
+}
+
+/// What one commit changes for one key. Updates are applied in journal order; several go into
+/// one atomic batch with the watermark they reach.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyUpdate {
+    pub key: IdempotencyKey,
+    /// Where the key was listed before (nothing for a new key).
+    pub before: Option<Listing>,
+    /// Its entry after the commit.
+    pub after: IndexEntry,
+    /// The commit's events: sequences and positions in the journal.
+    pub events: Vec<(Sequence, RecordPosition)>,
+    /// The provider references `AttemptStarted` events among them issued.
+    pub new_references: Vec<ProviderReference>,
 }
 
 /// The lists a key appears in: its phase, and `Conflict` too while a contradiction waits beside
@@ -79,8 +122,9 @@ fn listed_as(state: &PaymentState) -> impl Iterator<Item = PhaseKind> {
 pub(crate) trait KeyIndex: Send + Sync + fmt::Debug {
     /// The entry of `key`.
     fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>>;
-    /// Applies one commit's changes, atomically.
-    fn put(&self, update: &IndexUpdate<'_>) -> Result<()>;
+    /// Applies `updates` (in journal order) and sets the watermark to `watermark`, all in one
+    /// atomic batch.
+    fn apply(&self, updates: &[KeyUpdate], watermark: IndexWatermark) -> Result<()>;
     /// Keys in `phase`, ordered by key, strictly after `after`, at most `limit`.
     fn list(
         &self,
@@ -98,8 +142,6 @@ pub(crate) trait KeyIndex: Send + Sync + fmt::Debug {
     fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>>;
     /// The journal position the index reflects.
     fn watermark(&self) -> Result<IndexWatermark>;
-    /// Records that every journal record up to `watermark` is reflected.
-    fn set_watermark(&self, watermark: IndexWatermark) -> Result<()>;
     /// Empties the index (before a rebuild).
     fn clear(&self) -> Result<()>;
     /// Writes buffers to disk, where there is a disk.

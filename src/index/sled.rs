@@ -28,7 +28,7 @@ use crate::journal::codec::{decode_value, encode_value};
 use crate::journal::format::{ChainHash, GENESIS_HASH};
 use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixMillis};
 
-use super::{IndexEntry, IndexUpdate, IndexWatermark, KeyIndex, StoredEvent, listed_as};
+use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, StoredEvent, listed_as};
 
 /// Bumped whenever the index layout changes; an index of another version is rebuilt.
 const INDEX_FORMAT_VERSION: u64 = 4;
@@ -209,6 +209,51 @@ impl SledIndex {
         (key, value)
     }
 
+    /// Adds one key's update to `batch`.
+    fn add_to_batch(&self, batch: &mut sled::Batch, update: &KeyUpdate) -> Result<()> {
+        let KeyUpdate {
+            key,
+            before,
+            after,
+            events,
+            new_references,
+        } = update;
+        if let Some(before) = before {
+            for kind in before.phases() {
+                batch.remove(phase_key(kind, key));
+            }
+            if let Some(at) = before.next_query_at {
+                batch.remove(schedule_key(at, key));
+            }
+        }
+        for kind in listed_as(&after.state) {
+            let sled_key = phase_key(kind, key);
+            let value = sealed(&sled_key, &[]);
+            batch.insert(sled_key, value);
+        }
+        if let Some(at) = after.next_query_at {
+            let sled_key = schedule_key(at, key);
+            let value = sealed(&sled_key, &[]);
+            batch.insert(sled_key, value);
+        }
+        for reference in new_references {
+            let sled_key = reference_key(reference);
+            let value = sealed(&sled_key, key.as_str().as_bytes());
+            batch.insert(sled_key, value);
+        }
+        let prefix = history_prefix(key);
+        for (sequence, position) in events {
+            let mut sled_key = prefix.clone();
+            sled_key.extend_from_slice(&sequence.0.to_be_bytes());
+            let value = sealed(&sled_key, &position.to_bytes());
+            batch.insert(sled_key, value);
+        }
+        let sled_key = state_key(key);
+        let value = sealed(&sled_key, &encode_value(after)?);
+        batch.insert(sled_key, value);
+        Ok(())
+    }
+
     /// Deletes what sled keeps in `dir` (its config, data, blobs and snapshots) and nothing
     /// else, so that a misconfigured directory never loses a file that is not the index's.
     pub fn remove_files(dir: &Path) -> Result<()> {
@@ -256,13 +301,6 @@ impl KeyIndex for SledIndex {
         })
     }
 
-    /// Records that every journal record up to `watermark` is reflected.
-    fn set_watermark(&self, watermark: IndexWatermark) -> Result<()> {
-        let (key, value) = Self::watermark_value(watermark);
-        self.tree.insert(key, value).map_err(|e| self.sled(e))?;
-        Ok(())
-    }
-
     /// The entry of `key`.
     ///
     /// # Errors
@@ -273,58 +311,16 @@ impl KeyIndex for SledIndex {
             .transpose()
     }
 
-    /// Applies one commit's changes, atomically.
-    fn put(&self, update: &IndexUpdate<'_>) -> Result<()> {
-        let IndexUpdate {
-            key,
-            before,
-            after,
-            events,
-            new_reference,
-            watermark,
-        } = update;
+    /// Applies `updates` and the watermark in one atomic sled batch. Several updates of one key
+    /// in a batch are in journal order, and a batch keeps the last write of each sled key, so
+    /// the later update's removals and inserts win.
+    fn apply(&self, updates: &[KeyUpdate], watermark: IndexWatermark) -> Result<()> {
         let mut batch = sled::Batch::default();
-        if let Some(before) = before {
-            assert!(
-                after.last_sequence > before.last_sequence,
-                "an index entry's last sequence only grows"
-            );
-            for kind in listed_as(&before.state) {
-                batch.remove(phase_key(kind, key));
-            }
-            if let Some(at) = before.next_query_at {
-                batch.remove(schedule_key(at, key));
-            }
+        for update in updates {
+            self.add_to_batch(&mut batch, update)?;
         }
-        for kind in listed_as(&after.state) {
-            let sled_key = phase_key(kind, key);
-            let value = sealed(&sled_key, &[]);
-            batch.insert(sled_key, value);
-        }
-        if let Some(at) = after.next_query_at {
-            let sled_key = schedule_key(at, key);
-            let value = sealed(&sled_key, &[]);
-            batch.insert(sled_key, value);
-        }
-        if let Some(reference) = new_reference {
-            let sled_key = reference_key(reference);
-            let value = sealed(&sled_key, key.as_str().as_bytes());
-            batch.insert(sled_key, value);
-        }
-        let prefix = history_prefix(key);
-        for (sequence, position) in *events {
-            let mut sled_key = prefix.clone();
-            sled_key.extend_from_slice(&sequence.0.to_be_bytes());
-            let value = sealed(&sled_key, &position.to_bytes());
-            batch.insert(sled_key, value);
-        }
-        let sled_key = state_key(key);
-        let value = sealed(&sled_key, &encode_value(*after)?);
+        let (sled_key, value) = Self::watermark_value(watermark);
         batch.insert(sled_key, value);
-        if let Some(watermark) = watermark {
-            let (sled_key, value) = Self::watermark_value(*watermark);
-            batch.insert(sled_key, value);
-        }
         self.tree.apply_batch(batch).map_err(|e| self.sled(e))
     }
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::clock::{Clock, SystemClock};
 use crate::journal::storage::{FsStorage, Storage};
 use crate::limits::{
-    SEGMENT_LEN_DEFAULT, TICKET_LEASE_MS_DEFAULT, TICKET_LEASE_MS_MAX, TICKET_LEASE_MS_MIN,
+    INDEX_BACKLOG_MAX, SEGMENT_LEN_DEFAULT, TICKET_LEASE_MS_DEFAULT, TICKET_LEASE_MS_MAX,
+    TICKET_LEASE_MS_MIN,
 };
 use crate::model::InputError;
 use crate::model::ReconcileConfig;
@@ -38,6 +39,14 @@ pub struct LedgerConfig {
     /// (it becomes unknown and is queried); a late `record` then enters as evidence. Measured on
     /// the monotonic clock, from [`TICKET_LEASE_MS_MIN`] to [`TICKET_LEASE_MS_MAX`].
     pub ticket_lease_ms: u64,
+    /// Durable commits that may wait for the index applier, from 1 to [`INDEX_BACKLOG_MAX`]
+    /// (the default): a writer finding this many waits before appending. Bounds the memory of
+    /// the backlog and the overlay (about a kilobyte per commit).
+    pub index_backlog_max: usize,
+    /// Test-only faults of the index applier (feature `testing`).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub index_faults: Option<crate::index::IndexFaults>,
     /// Test-only sabotage for the simulator's self-test: reopening marks orphaned attempts
     /// "not sent" instead of unknown, the bug the simulator must catch. Exists only with the
     /// `testing` feature.
@@ -57,6 +66,9 @@ impl Default for LedgerConfig {
             clock: Arc::new(SystemClock),
             storage: Arc::new(FsStorage),
             ticket_lease_ms: TICKET_LEASE_MS_DEFAULT,
+            index_backlog_max: INDEX_BACKLOG_MAX,
+            #[cfg(feature = "testing")]
+            index_faults: None,
             #[cfg(feature = "testing")]
             sabotage_forget_unknown_on_replay: false,
         }
@@ -71,6 +83,12 @@ impl LedgerConfig {
             self.ticket_lease_ms,
             TICKET_LEASE_MS_MIN,
             TICKET_LEASE_MS_MAX,
+        )?;
+        check_range(
+            "index_backlog_max",
+            self.index_backlog_max as u64,
+            1,
+            INDEX_BACKLOG_MAX as u64,
         )
     }
 }

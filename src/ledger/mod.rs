@@ -11,11 +11,14 @@
 //!   unknown for the reconciler;
 //! - every event is stamped by the ledger's own clock; waits that protect money are measured on
 //!   its monotonic clock, in this process;
+//! - the index is applied off the commit path, but a writer installs its key's new state in the
+//!   index overlay before releasing the key's lock, so the gate always decides on every durable
+//!   event of the key;
 //! - an index failure stops the ledger (the index could be stale, and a stale state could allow
 //!   a second attempt); reopening catches the index up from the journal.
 //!
 //! Files: `config.rs` (how it is opened), `open.rs` (recovery of journal and index),
-//! `write.rs` (the single write path), `api.rs` (begin, record, charge_once, evidence,
+//! `replay.rs` (bringing an index up to the journal), `write.rs` (the single write path), `api.rs` (begin, record, charge_once, evidence,
 //! resolve), `reconciliation.rs` (the narrow interface the reconciler uses), `query.rs`
 //! (state, history, lists, health), `ticket.rs`, `replies.rs` (the answer types).
 //!
@@ -55,18 +58,19 @@ mod config;
 mod open;
 mod query;
 mod reconciliation;
+mod replay;
 mod replies;
 mod ticket;
 mod write;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::clock::MonotonicMillis;
-use crate::error::{Error, FatalCause, Result};
+use crate::error::{Error, Result};
 use crate::gate::KeyGate;
-use crate::index::KeyIndex;
+use crate::index::LiveIndex;
 use crate::journal::Journal;
 use crate::model::{AttemptNumber, IdempotencyKey, UnixMillis};
 use crate::model::{Event, EventKind};
@@ -77,17 +81,13 @@ pub use replies::{
     Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry, IndexRecovery, OpenReport,
 };
 pub use ticket::Ticket;
-use write::Watermark;
 
 #[derive(Debug)]
 struct Inner {
     journal: Journal,
-    index: Box<dyn KeyIndex>,
+    index: LiveIndex,
     config: LedgerConfig,
     gate: KeyGate,
-    watermark: Mutex<Watermark>,
-    /// The index failure that stopped the ledger, if one did.
-    index_failed: OnceLock<FatalCause>,
     /// Since when this process has waited for each unknown attempt, on the monotonic clock.
     unknown_since: Mutex<HashMap<IdempotencyKey, UnknownWait>>,
     /// Where the reconciler's scan of in-flight keys resumes, so every key gets its turn.
@@ -96,14 +96,12 @@ struct Inner {
 
 impl Inner {
     /// A ledger's state over an opened journal and index, nothing in flight yet.
-    fn new(journal: Journal, index: Box<dyn KeyIndex>, config: LedgerConfig) -> Self {
+    fn new(journal: Journal, index: LiveIndex, config: LedgerConfig) -> Self {
         Self {
             journal,
             index,
             config,
             gate: KeyGate::new(),
-            watermark: Mutex::new(Watermark::default()),
-            index_failed: OnceLock::new(),
             unknown_since: Mutex::new(HashMap::new()),
             in_flight_cursor: Mutex::new(None),
         }
@@ -159,10 +157,8 @@ impl Ledger {
         if self.inner.config.read_only {
             return Err(Error::ReadOnly);
         }
-        if let Some(cause) = self.inner.index_failed.get() {
-            return Err(Error::IndexFailed {
-                cause: cause.clone(),
-            });
+        if let Some(cause) = self.inner.index.failure() {
+            return Err(Error::IndexFailed { cause });
         }
         Ok(())
     }

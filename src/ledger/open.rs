@@ -17,19 +17,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, IndexError, Result};
-use crate::index::{IndexEntry, IndexUpdate, IndexWatermark, KeyIndex, MemIndex, SledIndex};
-use crate::journal::codec::decode_event;
+use crate::index::{KeyIndex, LiveIndex, MemIndex, SledIndex};
 use crate::journal::{Journal, JournalConfig};
 use crate::limits::LIST_LIMIT_MAX;
 use crate::model::InputError;
 use crate::model::{EventKind, Outcome, UnknownReason};
 use crate::model::{IdempotencyKey, Sequence};
-use crate::model::{PaymentState, Phase, PhaseKind, apply};
+use crate::model::{Phase, PhaseKind};
 
 use super::replies::{IndexRecovery, OpenReport};
-use super::write::{Watermark, started_reference};
-use super::{Inner, Ledger, LedgerConfig, elapsed_us};
-use crate::sync::lock;
+use super::{Inner, Ledger, LedgerConfig, elapsed_us, replay};
 
 impl Ledger {
     /// Opens (or creates) the ledger in `dir`: opens the journal (recovering a torn tail), opens
@@ -114,21 +111,23 @@ impl Ledger {
             true => Some("rebuild requested".to_string()),
             false => check_index_chain(&index, &journal)?.or(reason),
         };
-        let inner = Arc::new(Inner::new(journal, Box::new(index), config));
-        let ledger = Ledger { inner };
-        let (from, replayed) = ledger.catch_up_index()?;
+        let replayed = replay::catch_up(&journal, &index, &config.reconcile)?;
         let index_report = match rebuild_reason {
             Some(reason) => {
-                tracing::warn!(%reason, events = replayed, "index rebuilt from the journal");
+                tracing::warn!(%reason, events = replayed.events, "index rebuilt from the journal");
                 IndexRecovery::Rebuilt {
                     reason,
-                    events: replayed,
+                    events: replayed.events,
                 }
             }
             None => IndexRecovery::CaughtUp {
-                from: Sequence(from),
-                to: ledger.inner.journal.last_sequence(),
+                from: replayed.from,
+                to: journal.last_sequence(),
             },
+        };
+        let index = live_index(Box::new(index), &config)?;
+        let ledger = Ledger {
+            inner: Arc::new(Inner::new(journal, index, config)),
         };
         let orphaned_attempts = if ledger.inner.config.read_only {
             0
@@ -157,80 +156,23 @@ impl Ledger {
     fn open_read_only(dir: &Path, config: LedgerConfig) -> Result<(Self, OpenReport)> {
         let (journal, journal_report) =
             Journal::open_read_only(Arc::clone(&config.storage), dir, || Ok(Sequence(0)))?;
-        let inner = Arc::new(Inner::new(journal, Box::new(MemIndex::default()), config));
-        let ledger = Ledger { inner };
-        let (_, replayed) = ledger.catch_up_index()?;
+        let index = MemIndex::default();
+        let replayed = replay::catch_up(&journal, &index, &config.reconcile)?;
+        let index = live_index(Box::new(index), &config)?;
+        let ledger = Ledger {
+            inner: Arc::new(Inner::new(journal, index, config)),
+        };
         ledger.watch_unknown_from_open()?;
         Ok((
             ledger,
             OpenReport {
                 journal: journal_report,
-                index: IndexRecovery::InMemory { events: replayed },
+                index: IndexRecovery::InMemory {
+                    events: replayed.events,
+                },
                 orphaned_attempts: 0,
             },
         ))
-    }
-
-    /// Replays journal records the index does not reflect yet; returns the first sequence
-    /// replayed and how many events were applied.
-    fn catch_up_index(&self) -> Result<(u64, u64)> {
-        let inner = &self.inner;
-        let mut watermark = inner.index.watermark()?;
-        let from = watermark.sequence.next();
-        let mut applied = 0;
-        for record in inner.journal.read_from(from) {
-            let record = record?;
-            let event = decode_event(&record.payload).map_err(|e| Error::Inconsistent {
-                sequence: record.sequence,
-                cause: Box::new(e),
-            })?;
-            watermark = IndexWatermark {
-                sequence: record.sequence,
-                chain_hash: record.hash,
-            };
-            let before = inner.index.get(&event.key)?;
-            if before
-                .as_ref()
-                .is_some_and(|b| b.last_sequence >= record.sequence)
-            {
-                continue;
-            }
-            let state = before
-                .as_ref()
-                .map_or_else(|| PaymentState::new(event.key.clone()), |b| b.state.clone());
-            let state = apply(&state, &event).map_err(|r| Error::Inconsistent {
-                sequence: record.sequence,
-                cause: Box::new(r.into()),
-            })?;
-            let after = IndexEntry {
-                next_query_at: inner.config.reconcile.next_query_at(
-                    &event.key,
-                    &state.phase,
-                    event.at,
-                ),
-                state,
-                last_sequence: record.sequence,
-            };
-            let reference = started_reference(&event);
-            inner.index.put(&IndexUpdate {
-                key: &event.key,
-                before: before.as_ref(),
-                after: &after,
-                events: &[(record.sequence, record.position)],
-                new_reference: reference.as_ref(),
-                watermark: Some(watermark),
-            })?;
-            applied += 1;
-        }
-        assert_eq!(
-            watermark.sequence,
-            inner.journal.last_sequence(),
-            "catch-up reaches the journal's end"
-        );
-        inner.index.set_watermark(watermark)?;
-        *lock(&inner.watermark) = Watermark::at(watermark);
-        inner.index.flush()?;
-        Ok((from.0, applied))
     }
 
     /// Attempts started by a previous process with no outcome become unknown.
@@ -302,6 +244,16 @@ impl Ledger {
             reason: UnknownReason::ProcessEnded,
         }
     }
+}
+
+/// Starts the applier over a caught-up index (behind the test-only faults, if configured).
+fn live_index(base: Box<dyn KeyIndex>, config: &LedgerConfig) -> Result<LiveIndex> {
+    #[cfg(feature = "testing")]
+    let base: Box<dyn KeyIndex> = match &config.index_faults {
+        Some(faults) => Box::new(crate::index::FaultyIndex::new(base, faults.clone())),
+        None => base,
+    };
+    LiveIndex::start(base, config.index_backlog_max)
 }
 
 /// `path` made absolute and, where it exists, with symbolic links resolved.

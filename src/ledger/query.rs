@@ -17,6 +17,9 @@ use crate::model::{PaymentState, Phase, PhaseKind};
 use super::Ledger;
 use super::replies::{Health, HistoryEntry};
 
+/// How long `health` waits for the index applier to reflect what is durable.
+const HEALTH_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Ledger {
     /// The state of `key`, if it has any event.
     ///
@@ -86,13 +89,29 @@ impl Ledger {
         after: Option<&IdempotencyKey>,
         limit: usize,
     ) -> Result<Vec<PaymentState>> {
+        // Lists are read from the applied index: first let it reflect every durable event.
+        self.wait_indexed()?;
+        self.list_applied(phase, after, limit)
+    }
+
+    /// [`Ledger::list`] as the index has applied it, without waiting for the applier.
+    fn list_applied(
+        &self,
+        phase: PhaseKind,
+        after: Option<&IdempotencyKey>,
+        limit: usize,
+    ) -> Result<Vec<PaymentState>> {
         let keys = self
             .inner
             .index
             .list(phase, after, limit.min(LIST_LIMIT_MAX))?;
         let mut states = Vec::with_capacity(keys.len());
         for key in keys {
-            if let Some(entry) = self.inner.index.get(&key)? {
+            // A key written since the list was read may have left the phase.
+            if let Some(entry) = self.inner.index.get(&key)?
+                && (entry.state.phase.kind() == phase
+                    || (phase == PhaseKind::Conflict && entry.state.conflict.is_some()))
+            {
                 states.push(entry.state);
             }
         }
@@ -108,7 +127,7 @@ impl Ledger {
         let mut oldest: Option<UnixMillis> = None;
         let mut after = None;
         loop {
-            let states = self.list(phase, after.as_ref(), LIST_LIMIT_MAX)?;
+            let states = self.list_applied(phase, after.as_ref(), LIST_LIMIT_MAX)?;
             let Some(last) = states.last().map(|s| s.key.clone()) else {
                 break;
             };
@@ -120,12 +139,18 @@ impl Ledger {
         Ok(oldest)
     }
 
-    /// Counts and ages to alert on.
+    /// Counts and ages to alert on. Counts come from the applied index: exact once the applier
+    /// has reflected what was durable when `health` was called, which it waits for up to a
+    /// second; beyond that they lag by `index_backlog` commits.
     ///
     /// # Errors
     /// Index errors.
     pub fn health(&self) -> Result<Health> {
+        // Counts are read from the applied index. Give the applier a moment to reflect what is
+        // durable now, but no more: a probe must answer even when the applier is stuck, and
+        // then its lag is what it reports (`index_backlog`, `index_watermark`).
         let index = &self.inner.index;
+        index.wait_applied_for(self.inner.journal.last_sequence(), HEALTH_INDEX_WAIT);
         let now = self.now();
         let mut oldest_unknown = self.oldest(PhaseKind::Unknown, |phase| match phase {
             Phase::Unknown { since, .. } => Some(*since),
@@ -150,23 +175,24 @@ impl Ledger {
         Ok(Health {
             unknown: index.count(PhaseKind::Unknown) + unwritten_in_flight,
             unknown_age_ms_max: oldest_unknown.map(|since| now.since(since)),
-            in_flight: index.count(PhaseKind::InFlight) - unwritten_in_flight,
+            in_flight: index
+                .count(PhaseKind::InFlight)
+                .saturating_sub(unwritten_in_flight),
             in_flight_age_ms_max: oldest_in_flight.map(|since| now.since(since)),
             in_review: index.count(PhaseKind::InReview),
             conflict: index.count(PhaseKind::Conflict),
             last_sequence: self.inner.journal.last_sequence(),
-            index_watermark: index.watermark()?.sequence,
+            index_watermark: index.watermark().sequence,
+            index_backlog: index.backlog(),
             journal: self.inner.journal.stats(),
-            fatal: self
-                .inner
-                .journal
-                .stopped()
-                .or_else(|| self.inner.index_failed.get().cloned()),
+            fatal: self.inner.journal.stopped().or_else(|| index.failure()),
         })
     }
 
     /// Keys per phase.
     pub fn counts(&self) -> Vec<(PhaseKind, usize)> {
+        // From the applied index; if the applier stopped, as far as it got.
+        let _ = self.wait_indexed();
         PhaseKind::ALL
             .into_iter()
             .map(|kind| (kind, self.inner.index.count(kind)))

@@ -87,6 +87,7 @@ impl Ledger {
     /// dropped, or its lease expired (a hung provider call). They become unknown; returns how
     /// many. The scan resumes where the previous one stopped, so every key gets its turn.
     pub(crate) fn take_over_in_flight(&self, limit: usize) -> Result<usize> {
+        self.wait_indexed()?;
         let cursor = lock(&self.inner.in_flight_cursor).clone();
         let keys = self
             .inner
@@ -137,6 +138,7 @@ impl Ledger {
 
     /// Unknown keys whose query time has come on the ledger's wall clock, at most `limit`.
     pub(crate) fn due_keys(&self, limit: usize) -> Result<Vec<IdempotencyKey>> {
+        self.wait_indexed()?;
         self.inner.index.due(self.now(), limit)
     }
 

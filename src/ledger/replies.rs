@@ -108,6 +108,9 @@ pub struct Health {
     /// The index's watermark: the last journal sequence it reflects. `last_sequence` minus this
     /// is how far the index lags the journal.
     pub index_watermark: Sequence,
+    /// Durable commits waiting for the index applier (bounded by
+    /// [`crate::limits::INDEX_BACKLOG_MAX`] plus the concurrent writers).
+    pub index_backlog: usize,
     /// Journal sync figures since open.
     pub journal: JournalStats,
     /// The failure that stopped the ledger (the journal's first failed write or sync, or the

@@ -1,22 +1,16 @@
-//! The single write path: every event passes the fold, is appended durably, then indexed.
+//! The single write path: every event passes the fold, is appended durably, then handed to the
+//! index applier.
 //!
 //! Invariants:
 //! - the caller holds the key's lock; the fold accepts every event before any byte is written;
-//! - the index is updated only after the journal sync covering the events, and the index
-//!   watermark only ever covers a contiguous prefix of the journal, with that prefix's chain
-//!   hash;
-//! - a failed index update stops the ledger until reopened (a stale index could allow a second
-//!   attempt);
+//! - the events reach the index overlay only after the journal sync covering them, and before
+//!   the key's lock is released (`index/live.rs` keeps the rest: journal order, the watermark,
+//!   fail-stop);
 //! - an attempt that becomes unknown starts its monotonic wait here, in this process.
 
-use std::collections::BTreeMap;
-use std::ops::RangeInclusive;
-
-use crate::error::{Error, FatalCause, Result};
-use crate::index::{IndexEntry, IndexUpdate, IndexWatermark};
-use crate::journal::RecordPosition;
+use crate::error::Result;
+use crate::index::{IndexEntry, KeyUpdate, Listing};
 use crate::journal::codec::encode_event;
-use crate::journal::format::{ChainHash, GENESIS_HASH};
 use crate::limits::UNKNOWN_WAITS_MAX;
 use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference, Sequence, UnixMillis};
 use crate::model::{Event, EventKind};
@@ -25,55 +19,9 @@ use crate::model::{PaymentState, Phase, apply};
 use super::{Ledger, UnknownWait};
 use crate::sync::lock;
 
-/// Tracks the highest journal sequence up to which every record is in the index: appends
-/// finish indexing out of order, the watermark advances only over a contiguous prefix.
-#[derive(Debug)]
-pub(super) struct Watermark {
-    contiguous: IndexWatermark,
-    /// Indexed appends beyond the prefix: first sequence → (last sequence, its chain hash).
-    done: BTreeMap<Sequence, (Sequence, ChainHash)>,
-}
-
-impl Default for Watermark {
-    fn default() -> Self {
-        Self::at(IndexWatermark {
-            sequence: Sequence(0),
-            chain_hash: GENESIS_HASH,
-        })
-    }
-}
-
-impl Watermark {
-    /// A tracker whose prefix ends at `watermark`.
-    pub fn at(watermark: IndexWatermark) -> Self {
-        Self {
-            contiguous: watermark,
-            done: BTreeMap::new(),
-        }
-    }
-
-    /// Records that `sequences` (whose last record has chain hash `head`) are indexed; returns
-    /// the new watermark.
-    fn complete(&mut self, sequences: RangeInclusive<Sequence>, head: ChainHash) -> IndexWatermark {
-        assert!(
-            *sequences.start() > self.contiguous.sequence,
-            "an append is indexed once"
-        );
-        self.done
-            .insert(*sequences.start(), (*sequences.end(), head));
-        while let Some((last, hash)) = self.done.remove(&self.contiguous.sequence.next()) {
-            self.contiguous = IndexWatermark {
-                sequence: last,
-                chain_hash: hash,
-            };
-        }
-        self.contiguous
-    }
-}
-
 impl Ledger {
-    /// Checks `events` against the fold, appends them atomically, then updates the index.
-    /// The caller holds the key's lock.
+    /// Checks `events` against the fold, appends them atomically, then hands them to the
+    /// index applier (the overlay shows them at once). The caller holds the key's lock.
     pub(super) fn write_events(
         &self,
         key: &IdempotencyKey,
@@ -81,6 +29,9 @@ impl Ledger {
         events: Vec<Event>,
     ) -> Result<IndexEntry> {
         self.writable()?;
+        // Room in the index backlog is taken before appending: a writer waiting for it holds no
+        // sequence the applier needs.
+        self.inner.index.reserve()?;
         let mut state = before.map_or_else(|| PaymentState::new(key.clone()), |b| b.state.clone());
         for event in &events {
             state = apply(&state, event)?;
@@ -89,57 +40,38 @@ impl Ledger {
             .iter()
             .map(encode_event)
             .collect::<Result<Vec<_>>>()?;
-        let appended = self.inner.journal.append_chained(payloads)?;
-        let (first, last) = (*appended.sequences.start(), *appended.sequences.end());
-        assert_eq!(
-            last.0 - first.0 + 1,
-            events.len() as u64,
-            "one sequence per event"
-        );
-        assert_eq!(
-            appended.positions.len(),
-            events.len(),
-            "one position per event"
-        );
         let last_at = events.last().map_or(UnixMillis(0), |e| e.at);
+        let next_query_at = self
+            .inner
+            .config
+            .reconcile
+            .next_query_at(key, &state.phase, last_at);
+        let new_references: Vec<ProviderReference> =
+            events.iter().filter_map(started_reference).collect();
+        let appended = self.inner.journal.append_chained(payloads)?;
+        // Nothing between the append and the submit may fail: the applier needs every sequence.
+        let (first, last) = (*appended.sequences.start(), *appended.sequences.end());
         let after = IndexEntry {
-            next_query_at: self
-                .inner
-                .config
-                .reconcile
-                .next_query_at(key, &state.phase, last_at),
             state,
             last_sequence: last,
+            next_query_at,
         };
+        let update = KeyUpdate {
+            key: key.clone(),
+            before: before.map(Listing::of),
+            after: after.clone(),
+            events: (first.0..=last.0)
+                .map(Sequence)
+                .zip(appended.positions.iter().copied())
+                .collect(),
+            new_references,
+        };
+        self.inner
+            .index
+            .submit(update, first, last, appended.chain_head);
+        debug_assert_eq!(last.0 - first.0 + 1, events.len() as u64);
+        debug_assert_eq!(appended.positions.len(), events.len());
         self.watch_unknown(key, &after.state.phase);
-        let stored: Vec<(Sequence, RecordPosition)> = (first.0..=last.0)
-            .map(Sequence)
-            .zip(appended.positions.iter().copied())
-            .collect();
-        let reference = events.iter().find_map(started_reference);
-        let indexed = {
-            // The watermark lock is held across the batch, so that batches carry watermarks in
-            // the order they advance.
-            let mut watermark = lock(&self.inner.watermark);
-            let next = watermark.complete(first..=last, appended.chain_head);
-            self.inner.index.put(&IndexUpdate {
-                key,
-                before,
-                after: &after,
-                events: &stored,
-                new_reference: reference.as_ref(),
-                watermark: Some(next),
-            })
-        };
-        if let Err(e) = indexed {
-            tracing::error!(error = %e, key = %key, "index update failed after a durable append; ledger stopped until reopened");
-            let cause = FatalCause::new(
-                format!("updating the index after journal sequence {last}"),
-                index_io_error(e),
-            );
-            let cause = self.inner.index_failed.get_or_init(|| cause).clone();
-            return Err(Error::IndexFailed { cause });
-        }
         Ok(after)
     }
 
@@ -191,15 +123,20 @@ impl Ledger {
     /// # Errors
     /// Index errors.
     pub fn index_watermark(&self) -> Result<Sequence> {
-        Ok(self.inner.index.watermark()?.sequence)
+        Ok(self.inner.index.watermark().sequence)
     }
-}
 
-/// The I/O error inside an index failure, or the failure itself as one.
-fn index_io_error(error: Error) -> std::io::Error {
-    match error {
-        Error::Io { source, .. } => source,
-        other => std::io::Error::other(other.to_string()),
+    /// Waits until the index reflects every event durable now. Nothing needs this for
+    /// correctness (the gate reads the overlay); it is for tests, simulations and tools that
+    /// read the index's lists (`list`, `counts`, the reconciler's schedule) and want them
+    /// current.
+    ///
+    /// # Errors
+    /// [`Error::IndexFailed`] if applying fails first.
+    pub fn wait_indexed(&self) -> Result<()> {
+        self.inner
+            .index
+            .wait_applied(self.inner.journal.last_sequence())
     }
 }
 

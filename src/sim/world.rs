@@ -315,6 +315,12 @@ impl World {
 
     pub(super) fn reconcile(&mut self) -> Result<()> {
         self.count("reconcile passes");
+        // The reconciler's schedule is read from the applied index: wait for the applier, so
+        // that which keys a pass sees depends on the seed alone, not on thread timing.
+        if let Err(e) = self.ledger()?.wait_indexed() {
+            self.ledger_failed(e);
+            return Ok(());
+        }
         let reconciler = Reconciler::new(self.ledger()?.clone(), self.provider.clone());
         match reconciler.run_once() {
             Ok(report) => self.report.unknowns_resolved += report.resolved as u64,

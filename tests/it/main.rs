@@ -1,5 +1,6 @@
 //! The one integration-test binary: each module tests one area through the public API.
 
+mod applier;
 mod codec;
 mod crash;
 mod default_build;

@@ -13,6 +13,7 @@ fn main() {
         clock,
         storage,
         ticket_lease_ms,
+        index_backlog_max,
     } = LedgerConfig::default();
     let _ = (
         segment_len,
@@ -23,5 +24,6 @@ fn main() {
         clock,
         storage,
         ticket_lease_ms,
+        index_backlog_max,
     );
 }

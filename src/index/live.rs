@@ -1,0 +1,438 @@
+//! The index as the ledger sees it: the applied index plus the overlay of what is durable but
+//! not applied yet, and the applier thread that moves commits from one to the other, off the
+//! commit path.
+//!
+//! Invariants:
+//! - a commit is submitted only after the journal sync that covers it, so the index is never
+//!   ahead of the journal;
+//! - commits are applied in journal order, contiguously from the applied watermark, in atomic
+//!   batches that carry the watermark they reach;
+//! - a key's overlay entry is installed before the writer releases the key's lock and retired
+//!   only after the batch holding its last event is applied, so a reader holding the key's lock
+//!   always sees every durable event of the key (overlay first, then the index);
+//! - the backlog is bounded (`LedgerConfig::index_backlog_max`): writers wait for room before appending,
+//!   never after, so a waiting writer never holds a sequence the applier needs;
+//! - the first failure to apply stops the ledger (fail-stop): nothing more is applied, every
+//!   later write is refused with the cause, reads still see the overlay; reopening catches the
+//!   index up from its watermark.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, FatalCause, Result};
+use crate::journal::format::ChainHash;
+use crate::limits::INDEX_APPLY_BATCH_MAX;
+use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixMillis};
+use crate::sync::{Condvar, JoinHandle, Mutex, lock, spawn, wait, wait_timeout};
+
+use super::overlay::Overlay;
+use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, StoredEvent};
+
+/// One durable commit waiting to be applied.
+#[derive(Debug)]
+struct Commit {
+    last: Sequence,
+    head: ChainHash,
+    update: KeyUpdate,
+}
+
+#[derive(Debug)]
+struct Queue {
+    /// Durable commits not applied yet, by first sequence.
+    pending: BTreeMap<Sequence, Commit>,
+    /// What the index reflects.
+    applied: IndexWatermark,
+    /// The failure that stopped the applier, if one did.
+    failed: Option<FatalCause>,
+    /// Set when the index is dropped: the applier applies what it can, then exits.
+    stopping: bool,
+    /// Commits that may wait at once.
+    backlog_max: usize,
+    /// Commits taken by the applier and not applied yet.
+    applying: usize,
+}
+
+impl Queue {
+    /// Durable commits not applied yet: waiting, or being applied.
+    fn backlog(&self) -> usize {
+        self.pending.len() + self.applying
+    }
+
+    /// Takes the commits that continue the applied watermark without a gap, at most `max`;
+    /// returns them and the watermark they reach.
+    fn take_contiguous(&mut self, max: usize) -> Option<(Vec<KeyUpdate>, IndexWatermark)> {
+        let mut next = self.applied.sequence.next();
+        let mut updates = Vec::new();
+        let mut reached = None;
+        while updates.len() < max {
+            let Some(commit) = self.pending.remove(&next) else {
+                break;
+            };
+            next = commit.last.next();
+            reached = Some(IndexWatermark {
+                sequence: commit.last,
+                chain_hash: commit.head,
+            });
+            updates.push(commit.update);
+        }
+        reached.map(|watermark| (updates, watermark))
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    base: Box<dyn KeyIndex>,
+    overlay: Mutex<Overlay>,
+    queue: Mutex<Queue>,
+    /// The applier waits here for commits.
+    work: Condvar,
+    /// Writers wait here for room in the backlog, and `wait_applied` for the watermark.
+    progress: Condvar,
+}
+
+/// The index behind an overlay, fed by an applier thread.
+#[derive(Debug)]
+pub(crate) struct LiveIndex {
+    shared: Arc<Shared>,
+    applier: Option<JoinHandle<()>>,
+}
+
+impl LiveIndex {
+    /// Starts the applier over `base`, which reflects the journal up to its watermark; at most
+    /// `backlog_max` commits wait for it.
+    ///
+    /// # Errors
+    /// Reading the watermark.
+    pub fn start(base: Box<dyn KeyIndex>, backlog_max: usize) -> Result<Self> {
+        let applied = base.watermark()?;
+        let shared = Arc::new(Shared {
+            base,
+            overlay: Mutex::new(Overlay::default()),
+            queue: Mutex::new(Queue {
+                pending: BTreeMap::new(),
+                applied,
+                failed: None,
+                stopping: false,
+                backlog_max,
+                applying: 0,
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+        });
+        let applier = {
+            let shared = Arc::clone(&shared);
+            spawn(move || run_applier(&shared))
+        };
+        Ok(Self {
+            shared,
+            applier: Some(applier),
+        })
+    }
+
+    /// Waits until the backlog has room for one more commit; call before appending it.
+    ///
+    /// # Errors
+    /// [`Error::IndexFailed`] once the applier has failed.
+    pub fn reserve(&self) -> Result<()> {
+        let mut queue = lock(&self.shared.queue);
+        loop {
+            if let Some(cause) = &queue.failed {
+                return Err(Error::IndexFailed {
+                    cause: cause.clone(),
+                });
+            }
+            if queue.backlog() < queue.backlog_max {
+                return Ok(());
+            }
+            queue = wait(&self.shared.progress, queue);
+        }
+    }
+
+    /// Hands a durable commit (`first..=last`, chain hash `head` at `last`) to the applier.
+    /// The caller holds the key's lock: the overlay shows the update from now on.
+    pub fn submit(&self, update: KeyUpdate, first: Sequence, last: Sequence, head: ChainHash) {
+        lock(&self.shared.overlay).install(&update);
+        let mut queue = lock(&self.shared.queue);
+        queue.pending.insert(first, Commit { last, head, update });
+        drop(queue);
+        self.shared.work.notify_one();
+    }
+
+    /// Waits until the index reflects the journal up to `upto`.
+    ///
+    /// # Errors
+    /// [`Error::IndexFailed`] if the applier fails first.
+    pub fn wait_applied(&self, upto: Sequence) -> Result<()> {
+        let mut queue = lock(&self.shared.queue);
+        loop {
+            if queue.applied.sequence >= upto {
+                return Ok(());
+            }
+            if let Some(cause) = &queue.failed {
+                return Err(Error::IndexFailed {
+                    cause: cause.clone(),
+                });
+            }
+            queue = wait(&self.shared.progress, queue);
+        }
+    }
+
+    /// Waits until the index reflects the journal up to `upto`, the applier fails, or
+    /// `timeout` passes; returns whether it got there.
+    pub fn wait_applied_for(&self, upto: Sequence, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut queue = lock(&self.shared.queue);
+        loop {
+            if queue.applied.sequence >= upto {
+                return true;
+            }
+            let now = Instant::now();
+            if queue.failed.is_some() || now >= deadline {
+                return false;
+            }
+            queue = wait_timeout(&self.shared.progress, queue, deadline - now);
+        }
+    }
+
+    /// The failure that stopped the applier, if one did.
+    pub fn failure(&self) -> Option<FatalCause> {
+        lock(&self.shared.queue).failed.clone()
+    }
+
+    /// Durable commits not applied yet.
+    pub fn backlog(&self) -> usize {
+        lock(&self.shared.queue).backlog()
+    }
+
+    /// The latest entry of `key`: the overlay's, else the index's.
+    pub fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
+        if let Some(entry) = lock(&self.shared.overlay).get(key) {
+            return Ok(Some(entry));
+        }
+        self.shared.base.get(key)
+    }
+
+    /// The key `reference` was issued for.
+    pub fn key_for_reference(
+        &self,
+        reference: &ProviderReference,
+    ) -> Result<Option<IdempotencyKey>> {
+        if let Some(key) = lock(&self.shared.overlay).key_for_reference(reference) {
+            return Ok(Some(key));
+        }
+        self.shared.base.key_for_reference(reference)
+    }
+
+    /// Every durable event of `key`, in journal order.
+    pub fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>> {
+        // The overlay first: what it retires meanwhile is in the index by then.
+        let unapplied = lock(&self.shared.overlay).events(key);
+        let mut events: BTreeMap<Sequence, StoredEvent> = self
+            .shared
+            .base
+            .history(key)?
+            .into_iter()
+            .map(|e| (e.sequence, e))
+            .collect();
+        events.extend(unapplied.into_iter().map(|e| (e.sequence, e)));
+        Ok(events.into_values().collect())
+    }
+
+    /// Keys in `phase` as applied (lags the journal by the backlog).
+    pub fn list(
+        &self,
+        phase: PhaseKind,
+        after: Option<&IdempotencyKey>,
+        limit: usize,
+    ) -> Result<Vec<IdempotencyKey>> {
+        self.shared.base.list(phase, after, limit)
+    }
+
+    /// How many keys are in `phase`, as applied.
+    pub fn count(&self, phase: PhaseKind) -> usize {
+        self.shared.base.count(phase)
+    }
+
+    /// Unknown keys due for a query at `now`, as applied.
+    pub fn due(&self, now: UnixMillis, limit: usize) -> Result<Vec<IdempotencyKey>> {
+        self.shared.base.due(now, limit)
+    }
+
+    /// What the index reflects.
+    pub fn watermark(&self) -> IndexWatermark {
+        lock(&self.shared.queue).applied
+    }
+}
+
+impl Drop for LiveIndex {
+    /// Lets the applier apply every contiguous commit, then flushes the index.
+    fn drop(&mut self) {
+        lock(&self.shared.queue).stopping = true;
+        self.shared.work.notify_one();
+        if let Some(applier) = self.applier.take()
+            && applier.join().is_err()
+        {
+            tracing::error!("index applier panicked");
+        }
+        if let Err(e) = self.shared.base.flush() {
+            tracing::warn!(error = %e, "flushing the index on close failed; it is caught up on the next open");
+        }
+    }
+}
+
+/// The applier: applies contiguous commits in batches until the index is dropped or an
+/// apply fails.
+fn run_applier(shared: &Shared) {
+    loop {
+        let (updates, watermark) = {
+            let mut queue = lock(&shared.queue);
+            loop {
+                if let Some(batch) = queue.take_contiguous(INDEX_APPLY_BATCH_MAX) {
+                    queue.applying = batch.0.len();
+                    break batch;
+                }
+                if queue.stopping {
+                    return;
+                }
+                queue = wait(&shared.work, queue);
+            }
+        };
+        let applied =
+            std::panic::catch_unwind(AssertUnwindSafe(|| shared.base.apply(&updates, watermark)))
+                .unwrap_or_else(|_| {
+                    Err(Error::io(
+                        "applying to the index",
+                        std::io::Error::other("the index panicked"),
+                    ))
+                });
+        match applied {
+            Ok(()) => {
+                lock(&shared.overlay).retire(&updates, watermark.sequence);
+                let mut queue = lock(&shared.queue);
+                queue.applied = watermark;
+                queue.applying = 0;
+                drop(queue);
+                shared.progress.notify_all();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, upto = %watermark.sequence, "index update failed; ledger stopped until reopened");
+                let cause = FatalCause::new(
+                    format!(
+                        "updating the index up to journal sequence {}",
+                        watermark.sequence
+                    ),
+                    index_io_error(e),
+                );
+                let mut queue = lock(&shared.queue);
+                queue.failed.get_or_insert(cause);
+                drop(queue);
+                shared.progress.notify_all();
+                // The updates stay in the overlay: reads keep seeing every durable event.
+                return;
+            }
+        }
+    }
+}
+
+/// The I/O error inside an index failure, or the failure itself as one.
+fn index_io_error(error: Error) -> std::io::Error {
+    match error {
+        Error::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+#[cfg(all(test, shuttle))]
+mod shuttle_tests {
+    //! Run with `RUSTFLAGS="--cfg shuttle" cargo test --lib index`: shuttle explores the
+    //! interleavings of writers (each holding its key's lock, taking sequences in journal order
+    //! and submitting them in any order) and the applier.
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::index::{Listing, MemIndex};
+    use crate::journal::RecordPosition;
+    use crate::model::PaymentState;
+
+    fn update(key: &IdempotencyKey, before: Option<&IndexEntry>, sequence: u64) -> KeyUpdate {
+        KeyUpdate {
+            key: key.clone(),
+            before: before.map(Listing::of),
+            after: IndexEntry {
+                state: PaymentState::new(key.clone()),
+                last_sequence: Sequence(sequence),
+                next_query_at: None,
+            },
+            events: vec![(Sequence(sequence), RecordPosition::default())],
+            new_references: Vec::new(),
+        }
+    }
+
+    /// `writers` threads each write `rounds` commits to one of two keys; every writer checks,
+    /// under the key's lock, that the index shows the key's last durable commit.
+    fn writers_and_applier(writers: usize, rounds: usize) {
+        let index = Arc::new(LiveIndex::start(Box::new(MemIndex::default()), 4).unwrap());
+        let journal = Arc::new(Mutex::new(0u64));
+        let keys: Arc<Vec<(IdempotencyKey, Mutex<u64>)>> = Arc::new(
+            ["a", "b"]
+                .iter()
+                .map(|k| (IdempotencyKey::new(*k).unwrap(), Mutex::new(0)))
+                .collect(),
+        );
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (index, journal, keys) =
+                    (Arc::clone(&index), Arc::clone(&journal), Arc::clone(&keys));
+                spawn(move || {
+                    let (key, durable) = &keys[w % 2];
+                    for _ in 0..rounds {
+                        index.reserve().unwrap();
+                        let mut durable = lock(durable);
+                        let before = index.get(key).unwrap();
+                        assert_eq!(
+                            before.as_ref().map_or(0, |e| e.last_sequence.0),
+                            *durable,
+                            "the writer holding the key's lock sees its last durable commit"
+                        );
+                        let sequence = {
+                            let mut last = lock(&*journal);
+                            *last += 1;
+                            *last
+                        };
+                        let next = update(key, before.as_ref(), sequence);
+                        index.submit(next, Sequence(sequence), Sequence(sequence), [0; 32]);
+                        *durable = sequence;
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        let total = (writers * rounds) as u64;
+        index.wait_applied(Sequence(total)).unwrap();
+        assert_eq!(index.watermark().sequence, Sequence(total));
+        for (key, durable) in keys.iter() {
+            let applied = index.shared.base.get(key).unwrap();
+            assert_eq!(applied.map_or(0, |e| e.last_sequence.0), *lock(durable));
+            assert_eq!(
+                lock(&index.shared.overlay).get(key),
+                None,
+                "retired once applied"
+            );
+        }
+    }
+
+    #[test]
+    fn two_writers_two_rounds_and_the_applier_in_every_interleaving() {
+        shuttle::check_dfs(|| writers_and_applier(2, 2), Some(50_000));
+    }
+
+    #[test]
+    fn three_writers_two_rounds_each() {
+        shuttle::check_pct(|| writers_and_applier(3, 2), 2_000, 3);
+    }
+}
