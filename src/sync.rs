@@ -17,7 +17,7 @@ pub(crate) use shuttle::thread::{JoinHandle, spawn};
 #[cfg(not(shuttle))]
 pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 #[cfg(not(shuttle))]
-pub(crate) use std::thread::{JoinHandle, spawn};
+pub(crate) use std::thread::JoinHandle;
 
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -47,6 +47,22 @@ impl<'a, T: 'a> Lockable<'a> for shuttle::sync::Mutex<T> {
 /// Locks `mutex`, taking over a poisoned lock.
 pub(crate) fn lock<'a, M: Lockable<'a>>(mutex: &'a M) -> M::Guard {
     mutex.take()
+}
+
+/// Starts a thread named `name` (under shuttle, one of its unnamed threads).
+pub(crate) fn spawn_named<F>(name: &str, f: F) -> std::io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    #[cfg(shuttle)]
+    {
+        let _ = name;
+        Ok(spawn(f))
+    }
+    #[cfg(not(shuttle))]
+    {
+        std::thread::Builder::new().name(name.to_string()).spawn(f)
+    }
 }
 
 /// Waits on `condvar`, taking over a poisoned lock.

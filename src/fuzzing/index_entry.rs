@@ -39,6 +39,15 @@ pub fn sample_index_entry() -> Vec<u8> {
         state,
         last_sequence: Sequence(42),
         next_query_at: Some(UnixMillis(1_800_000_004_000)),
+        events: (40..=42)
+            .map(|sequence| crate::index::StoredEvent {
+                sequence: Sequence(sequence),
+                position: crate::journal::RecordPosition {
+                    segment: 0,
+                    offset: 64 + 32 + (sequence - 40) * 300,
+                },
+            })
+            .collect(),
     };
     encode_value(&entry).unwrap_or_default()
 }

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, UnixMillis};
 use crate::sync::lock;
 
-use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, StoredEvent};
+use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate};
 
 #[derive(Debug, Default)]
 struct State {
@@ -121,10 +121,6 @@ impl KeyIndex for FaultyIndex {
 
     fn key_for_reference(&self, reference: &ProviderReference) -> Result<Option<IdempotencyKey>> {
         self.base.key_for_reference(reference)
-    }
-
-    fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>> {
-        self.base.history(key)
     }
 
     fn watermark(&self) -> Result<IndexWatermark> {

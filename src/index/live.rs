@@ -25,10 +25,10 @@ use crate::error::{Error, FatalCause, Result};
 use crate::journal::format::ChainHash;
 use crate::limits::INDEX_APPLY_BATCH_MAX;
 use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixMillis};
-use crate::sync::{Condvar, JoinHandle, Mutex, MutexGuard, lock, spawn, wait, wait_timeout};
+use crate::sync::{Condvar, JoinHandle, Mutex, MutexGuard, lock, spawn_named, wait, wait_timeout};
 
 use super::overlay::Overlay;
-use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, StoredEvent};
+use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, StoredEvent, merged};
 
 /// One durable commit waiting to be applied.
 #[derive(Debug)]
@@ -108,7 +108,7 @@ impl LiveIndex {
     /// `backlog_max` commits wait for it.
     ///
     /// # Errors
-    /// Reading the watermark.
+    /// Reading the watermark; [`Error::Io`] if the thread cannot be started.
     pub fn start(base: Box<dyn KeyIndex>, backlog_max: usize) -> Result<Self> {
         let applied = base.watermark()?;
         let shared = Arc::new(Shared {
@@ -129,7 +129,8 @@ impl LiveIndex {
         });
         let applier = {
             let shared = Arc::clone(&shared);
-            spawn(move || run_applier(&shared))
+            spawn_named("payledger-index", move || run_applier(&shared))
+                .map_err(|e| Error::io("starting the index applier thread", e))?
         };
         Ok(Self {
             shared,
@@ -249,17 +250,7 @@ impl LiveIndex {
 
     /// Every durable event of `key`, in journal order.
     pub fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>> {
-        // The overlay first: what it retires meanwhile is in the index by then.
-        let unapplied = lock(&self.shared.overlay).events(key);
-        let mut events: BTreeMap<Sequence, StoredEvent> = self
-            .shared
-            .base
-            .history(key)?
-            .into_iter()
-            .map(|e| (e.sequence, e))
-            .collect();
-        events.extend(unapplied.into_iter().map(|e| (e.sequence, e)));
-        Ok(events.into_values().collect())
+        Ok(self.get(key)?.map(|entry| entry.events).unwrap_or_default())
     }
 
     /// Keys in `phase` as applied (lags the journal by the backlog).
@@ -373,9 +364,12 @@ fn next_batch(shared: &Shared) -> Option<(Vec<KeyUpdate>, IndexWatermark)> {
             || queue.pending.len() >= INDEX_APPLY_BATCH_MAX
             || queue.backlog() * 2 >= queue.backlog_max;
         if hurry || now >= deadline {
-            if let Some(batch) = queue.take_contiguous(INDEX_APPLY_BATCH_MAX) {
-                queue.applying = batch.0.len();
-                return Some(batch);
+            if let Some((updates, watermark)) = queue.take_contiguous(INDEX_APPLY_BATCH_MAX) {
+                queue.applying = updates.len();
+                drop(queue);
+                // A key's commits in one batch become one update: its intermediate listings
+                // and entries are never written.
+                return Some((merged(updates), watermark));
             }
             if queue.stopping {
                 return None; // a gap: a writer died between its append and its submit
@@ -407,7 +401,6 @@ mod shuttle_tests {
 
     use super::*;
     use crate::index::{Listing, MemIndex};
-    use crate::journal::RecordPosition;
     use crate::model::PaymentState;
 
     fn update(key: &IdempotencyKey, before: Option<&IndexEntry>, sequence: u64) -> KeyUpdate {
@@ -418,8 +411,8 @@ mod shuttle_tests {
                 state: PaymentState::new(key.clone()),
                 last_sequence: Sequence(sequence),
                 next_query_at: None,
+                events: Vec::new(),
             },
-            events: vec![(Sequence(sequence), RecordPosition::default())],
             new_references: Vec::new(),
         }
     }
@@ -439,7 +432,7 @@ mod shuttle_tests {
             .map(|w| {
                 let (index, journal, keys) =
                     (Arc::clone(&index), Arc::clone(&journal), Arc::clone(&keys));
-                spawn(move || {
+                crate::sync::spawn(move || {
                     let (key, durable) = &keys[w % 2];
                     for _ in 0..rounds {
                         index.reserve().unwrap();

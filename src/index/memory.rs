@@ -5,7 +5,7 @@
 //! positions of events, never copies of their payloads, so its memory is bounded by the number
 //! of keys and events, not by the journal's bytes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
 
@@ -14,7 +14,7 @@ use crate::journal::format::GENESIS_HASH;
 use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixMillis};
 use crate::sync::lock;
 
-use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, StoredEvent, listed_as};
+use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, listed_as};
 
 #[derive(Debug, Default)]
 struct Tables {
@@ -23,7 +23,6 @@ struct Tables {
     phases: BTreeSet<(PhaseKind, String)>,
     schedule: BTreeSet<(UnixMillis, String)>,
     references: HashMap<ProviderReference, IdempotencyKey>,
-    history: HashMap<IdempotencyKey, BTreeMap<Sequence, StoredEvent>>,
     watermark: Option<IndexWatermark>,
 }
 
@@ -46,16 +45,6 @@ impl Tables {
         }
         for reference in &update.new_references {
             self.references.insert(reference.clone(), key.clone());
-        }
-        let history = self.history.entry(key.clone()).or_default();
-        for (sequence, position) in &update.events {
-            history.insert(
-                *sequence,
-                StoredEvent {
-                    sequence: *sequence,
-                    position: *position,
-                },
-            );
         }
         self.states.insert(key.clone(), update.after.clone());
     }
@@ -130,14 +119,6 @@ impl KeyIndex for MemIndex {
 
     fn key_for_reference(&self, reference: &ProviderReference) -> Result<Option<IdempotencyKey>> {
         Ok(lock(&self.tables).references.get(reference).cloned())
-    }
-
-    fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>> {
-        Ok(lock(&self.tables)
-            .history
-            .get(key)
-            .map(|events| events.values().cloned().collect())
-            .unwrap_or_default())
     }
 
     fn watermark(&self) -> Result<IndexWatermark> {

@@ -56,12 +56,17 @@ pub struct IndexEntry {
     /// When the reconciler should next query the provider (unknown keys only), on the wall
     /// clock: a step of it only moves queries earlier or later, never decides anything.
     pub next_query_at: Option<UnixMillis>,
+    /// Where the key's events are in the journal, in journal order: its history is read from
+    /// there, never copied into the index.
+    pub events: Vec<StoredEvent>,
 }
 
 /// One event of a key's history, as stored: where to read it in the journal.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct StoredEvent {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Its sequence.
     pub sequence: Sequence,
+    /// Where its record is.
     pub position: RecordPosition,
 }
 
@@ -101,12 +106,40 @@ pub(crate) struct KeyUpdate {
     pub key: IdempotencyKey,
     /// Where the key was listed before (nothing for a new key).
     pub before: Option<Listing>,
-    /// Its entry after the commit.
+    /// Its entry after the commit (with the commit's events).
     pub after: IndexEntry,
-    /// The commit's events: sequences and positions in the journal.
-    pub events: Vec<(Sequence, RecordPosition)>,
     /// The provider references `AttemptStarted` events among them issued.
     pub new_references: Vec<ProviderReference>,
+}
+
+impl KeyUpdate {
+    /// Folds a later update of the same key into this one: the listing before stays this
+    /// one's, the entry after becomes the later one's (which holds every event), references
+    /// accumulate. The index ends as if both were applied in order, with fewer writes.
+    pub fn absorb(&mut self, later: KeyUpdate) {
+        debug_assert_eq!(self.key, later.key);
+        debug_assert!(later.after.last_sequence > self.after.last_sequence);
+        self.after = later.after;
+        self.new_references.extend(later.new_references);
+    }
+}
+
+/// Merges the updates of each key (given in journal order) into one per key, in the order each
+/// key first appears.
+pub(crate) fn merged(updates: Vec<KeyUpdate>) -> Vec<KeyUpdate> {
+    let mut slot: std::collections::HashMap<IdempotencyKey, usize> =
+        std::collections::HashMap::with_capacity(updates.len());
+    let mut out: Vec<KeyUpdate> = Vec::with_capacity(updates.len());
+    for update in updates {
+        match slot.get(&update.key) {
+            Some(&i) => out[i].absorb(update),
+            None => {
+                slot.insert(update.key.clone(), out.len());
+                out.push(update);
+            }
+        }
+    }
+    out
 }
 
 /// The lists a key appears in: its phase, and `Conflict` too while a contradiction waits beside
@@ -138,8 +171,6 @@ pub(crate) trait KeyIndex: Send + Sync + fmt::Debug {
     fn due(&self, now: UnixMillis, limit: usize) -> Result<Vec<IdempotencyKey>>;
     /// The key a provider reference was issued for.
     fn key_for_reference(&self, reference: &ProviderReference) -> Result<Option<IdempotencyKey>>;
-    /// The stored events of `key`, in journal order.
-    fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>>;
     /// The journal position the index reflects.
     fn watermark(&self) -> Result<IndexWatermark>;
     /// Empties the index (before a rebuild).

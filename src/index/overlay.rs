@@ -9,24 +9,15 @@
 
 use std::collections::HashMap;
 
-use crate::journal::RecordPosition;
 use crate::model::{IdempotencyKey, ProviderReference, Sequence};
 
-use super::{IndexEntry, KeyUpdate, StoredEvent};
-
-/// One key's unapplied state.
-#[derive(Debug)]
-struct Pending {
-    /// The key's latest entry.
-    entry: IndexEntry,
-    /// Its events not applied yet, in journal order.
-    events: Vec<(Sequence, RecordPosition)>,
-}
+use super::{IndexEntry, KeyUpdate};
 
 /// Entries and references written since the applied watermark.
 #[derive(Debug, Default)]
 pub(crate) struct Overlay {
-    entries: HashMap<IdempotencyKey, Pending>,
+    /// Each key's latest entry.
+    entries: HashMap<IdempotencyKey, IndexEntry>,
     /// Provider references issued by unapplied events, with the sequence that issued them.
     references: HashMap<ProviderReference, (IdempotencyKey, Sequence)>,
 }
@@ -39,26 +30,13 @@ impl Overlay {
             self.references
                 .insert(reference.clone(), (update.key.clone(), last));
         }
-        match self.entries.get_mut(&update.key) {
-            Some(pending) => {
-                pending.entry = update.after.clone();
-                pending.events.extend_from_slice(&update.events);
-            }
-            None => {
-                self.entries.insert(
-                    update.key.clone(),
-                    Pending {
-                        entry: update.after.clone(),
-                        events: update.events.clone(),
-                    },
-                );
-            }
-        }
+        self.entries
+            .insert(update.key.clone(), update.after.clone());
     }
 
     /// The latest entry of `key`, if it has unapplied events.
     pub fn get(&self, key: &IdempotencyKey) -> Option<IndexEntry> {
-        self.entries.get(key).map(|p| p.entry.clone())
+        self.entries.get(key).cloned()
     }
 
     /// The key an unapplied event issued `reference` for.
@@ -66,29 +44,15 @@ impl Overlay {
         self.references.get(reference).map(|(key, _)| key.clone())
     }
 
-    /// The unapplied events of `key`.
-    pub fn events(&self, key: &IdempotencyKey) -> Vec<StoredEvent> {
-        self.entries.get(key).map_or_else(Vec::new, |p| {
-            p.events
-                .iter()
-                .map(|(sequence, position)| StoredEvent {
-                    sequence: *sequence,
-                    position: *position,
-                })
-                .collect()
-        })
-    }
-
     /// Forgets what the index now holds: `applied` was just applied, up to watermark `upto`.
     pub fn retire(&mut self, applied: &[KeyUpdate], upto: Sequence) {
         for update in applied {
-            let Some(pending) = self.entries.get_mut(&update.key) else {
-                continue;
-            };
-            if pending.entry.last_sequence <= upto {
+            if self
+                .entries
+                .get(&update.key)
+                .is_some_and(|entry| entry.last_sequence <= upto)
+            {
                 self.entries.remove(&update.key);
-            } else {
-                pending.events.retain(|(sequence, _)| *sequence > upto);
             }
             for reference in &update.new_references {
                 if self
@@ -121,10 +85,10 @@ mod tests {
                 state: PaymentState::new(key.clone()),
                 last_sequence: Sequence(last),
                 next_query_at: None,
+                events: Vec::new(),
             },
             key,
             before: None,
-            events: vec![(Sequence(last), RecordPosition::default())],
             new_references: reference
                 .map(|r| ProviderReference::new(r).unwrap())
                 .into_iter()
@@ -144,11 +108,6 @@ mod tests {
 
         overlay.retire(std::slice::from_ref(&first), Sequence(1));
         assert_eq!(overlay.get(&key).unwrap().last_sequence, Sequence(2));
-        assert_eq!(
-            overlay.events(&key).len(),
-            1,
-            "the applied event is forgotten"
-        );
         assert_eq!(overlay.key_for_reference(&reference), None);
 
         overlay.retire(std::slice::from_ref(&second), Sequence(2));

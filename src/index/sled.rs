@@ -1,20 +1,19 @@
 //! The sled index, the only file that names sled.
 //!
 //! Invariants:
-//! - everything one commit changes (state, lists, schedule, reference, history and the
-//!   watermark) is one atomic sled batch, so a crash leaves the index at some earlier watermark
+//! - everything one batch of commits changes (states with their event positions, lists,
+//!   schedule, references and the watermark) is one atomic sled batch, so a crash leaves the index at some earlier watermark
 //!   with exactly the entries of that watermark, never half a commit;
 //! - every value carries a crc32 of its key and bytes: damage inside sled's files is reported
 //!   as [`IndexError::Damaged`] naming the index, never served as a state and never blamed on the
 //!   journal.
 //!
 //! Layout: one sled tree, `index`, keys prefixed by their kind:
-//! - `s` ‖ key → [`IndexEntry`] (current state, sequence of its last event, next query time);
+//! - `s` ‖ key → [`IndexEntry`] (current state, sequence of its last event, next query time, and
+//!   the journal position of each of its events: its history is read from the journal);
 //! - `p` ‖ phase tag ‖ key → () — keys by phase, ordered by key for cursor pagination;
 //! - `q` ‖ next query time (u64 BE) ‖ key → () — unknown keys by when to query them;
 //! - `r` ‖ provider reference → key;
-//! - `h` ‖ key ‖ 0x00 ‖ sequence (u64 BE) → the record's position in the journal (segment,
-//!   offset: u64 BE each), not a copy of its payload;
 //! - `m` ‖ `format` → index format version; `m` ‖ `watermark` → last journal sequence reflected
 //!   (u64 BE) and the chain hash of that record (32 bytes), which ties the index to its journal.
 //!
@@ -23,15 +22,14 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IndexError, Result};
-use crate::journal::RecordPosition;
 use crate::journal::codec::{decode_value, encode_value};
 use crate::journal::format::{ChainHash, GENESIS_HASH};
 use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixMillis};
 
-use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, StoredEvent, listed_as};
+use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, listed_as};
 
 /// Bumped whenever the index layout changes; an index of another version is rebuilt.
-const INDEX_FORMAT_VERSION: u64 = 4;
+const INDEX_FORMAT_VERSION: u64 = 5;
 
 /// The files and directories sled keeps in an index directory: the only entries payledger ever
 /// deletes there.
@@ -43,7 +41,6 @@ const STATE: u8 = b's';
 const PHASE: u8 = b'p';
 const SCHEDULE: u8 = b'q';
 const REFERENCE: u8 = b'r';
-const HISTORY: u8 = b'h';
 const META: u8 = b'm';
 const CRC_LEN: usize = 4;
 
@@ -92,11 +89,6 @@ fn schedule_key(at: UnixMillis, key: &IdempotencyKey) -> Vec<u8> {
 
 fn reference_key(reference: &ProviderReference) -> Vec<u8> {
     prefixed(REFERENCE, &[reference.as_str().as_bytes()])
-}
-
-fn history_prefix(key: &IdempotencyKey) -> Vec<u8> {
-    // Keys are visible ASCII, so 0x00 cannot occur inside one.
-    prefixed(HISTORY, &[key.as_str().as_bytes(), &[0]])
 }
 
 fn meta_key(name: &str) -> Vec<u8> {
@@ -215,7 +207,6 @@ impl SledIndex {
             key,
             before,
             after,
-            events,
             new_references,
         } = update;
         if let Some(before) = before {
@@ -239,13 +230,6 @@ impl SledIndex {
         for reference in new_references {
             let sled_key = reference_key(reference);
             let value = sealed(&sled_key, key.as_str().as_bytes());
-            batch.insert(sled_key, value);
-        }
-        let prefix = history_prefix(key);
-        for (sequence, position) in events {
-            let mut sled_key = prefix.clone();
-            sled_key.extend_from_slice(&sequence.0.to_be_bytes());
-            let value = sealed(&sled_key, &position.to_bytes());
             batch.insert(sled_key, value);
         }
         let sled_key = state_key(key);
@@ -377,27 +361,6 @@ impl KeyIndex for SledIndex {
         self.read(&reference_key(reference), "reference")?
             .map(|bytes| self.key_from(&bytes))
             .transpose()
-    }
-
-    /// The stored events of `key`, in journal order.
-    fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>> {
-        let prefix = history_prefix(key);
-        let mut events = Vec::new();
-        for item in self.tree.scan_prefix(&prefix) {
-            let (sled_key, value) = item.map_err(|e| self.sled(e))?;
-            let word: [u8; 8] = sled_key
-                .get(prefix.len()..)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| self.damaged("history key"))?;
-            let position: [u8; 16] = unsealed(&sled_key, &value)
-                .and_then(|bytes| bytes.try_into().ok())
-                .ok_or_else(|| self.damaged("history"))?;
-            events.push(StoredEvent {
-                sequence: Sequence(u64::from_be_bytes(word)),
-                position: RecordPosition::from_bytes(position),
-            });
-        }
-        Ok(events)
     }
 
     /// Empties the index (before a rebuild).

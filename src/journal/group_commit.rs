@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar};
 use std::time::Instant;
 
 use crate::error::{Error, FatalCause, Result, TooLarge};
@@ -62,6 +63,8 @@ pub(crate) struct CommitQueue {
 struct Request {
     id: u64,
     payloads: Vec<Vec<u8>>,
+    /// Woken when its answer is in `done`, or when it is to lead the next commit.
+    wake: Arc<Condvar>,
 }
 
 /// The sequences of one append and the chain hash of its last record.
@@ -111,7 +114,12 @@ impl Journal {
         }
         let id = queue.next_id;
         queue.next_id += 1;
-        queue.waiting.push(Request { id, payloads });
+        let wake = Arc::new(Condvar::new());
+        queue.waiting.push(Request {
+            id,
+            payloads,
+            wake: Arc::clone(&wake),
+        });
         loop {
             if let Some(result) = queue.done.remove(&id) {
                 return result;
@@ -120,10 +128,13 @@ impl Journal {
                 queue.leader_active = true;
                 let batch = take_batch(&mut queue.waiting);
                 drop(queue);
+                // Room in the queue: wake the appenders held back by its bound.
+                self.queue_changed.notify_all();
                 let outcome = catch_unwind(AssertUnwindSafe(|| self.commit_batch(&batch)))
                     .unwrap_or_else(|panic| Err(panicked(&*panic)));
                 queue = lock(&self.queue);
                 queue.leader_active = false;
+                let failed = outcome.is_err();
                 match outcome {
                     Ok(appended) => {
                         for (request, appended) in batch.iter().zip(appended) {
@@ -132,11 +143,19 @@ impl Journal {
                     }
                     Err(cause) => self.stop(&mut queue, &batch, cause),
                 }
-                self.queue_changed.notify_all();
+                // Each answered appender is woken on its own; the first still waiting leads
+                // the next commit. After a failure every waiter has its answer.
+                for request in &batch {
+                    request.wake.notify_one();
+                }
+                if failed {
+                    self.queue_changed.notify_all();
+                } else if let Some(next) = queue.waiting.first() {
+                    next.wake.notify_one();
+                }
                 continue;
             }
-            queue = self
-                .queue_changed
+            queue = wake
                 .wait(queue)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
@@ -158,6 +177,7 @@ impl Journal {
                 cause: cause.clone(),
             };
             queue.done.insert(request.id, Err(poisoned));
+            request.wake.notify_one();
         }
     }
 

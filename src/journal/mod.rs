@@ -122,7 +122,19 @@ pub struct JournalRecord {
 
 /// Where a record is: its segment and the offset of its header in the segment file. Stable for
 /// the life of the journal (records are never moved or rewritten).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct RecordPosition {
     /// The segment's number.
     pub segment: u64,

@@ -32,7 +32,7 @@ impl Ledger {
     /// [`Error::ReadOnly`], [`Error::IndexFailed`], journal errors. A reused key or a key
     /// awaiting reconciliation is not an error but a [`Begin`] variant.
     pub fn begin(&self, key: &IdempotencyKey, intent: &Intent) -> Result<Begin> {
-        let span = tracing::info_span!("begin", key = %key, attempt = tracing::field::Empty, provider_reference = tracing::field::Empty);
+        let span = tracing::debug_span!("begin", key = %key, attempt = tracing::field::Empty, provider_reference = tracing::field::Empty);
         let _enter = span.enter();
         let started = Instant::now();
         self.writable()?;
@@ -69,7 +69,7 @@ impl Ledger {
     /// retryable) and the error is returned. [`Error::StaleTicket`] for a ticket of another
     /// ledger.
     pub fn record(&self, mut ticket: Ticket, outcome: Outcome) -> Result<PaymentState> {
-        let span = tracing::info_span!("record", key = %ticket.key, attempt = ticket.attempt.get(), provider_reference = %ticket.provider_reference);
+        let span = tracing::debug_span!("record", key = %ticket.key, attempt = ticket.attempt.get(), provider_reference = %ticket.provider_reference);
         let _enter = span.enter();
         let started = Instant::now();
         if !std::ptr::eq(ticket.ledger.as_ptr(), Arc::as_ptr(&self.inner)) {
@@ -85,7 +85,7 @@ impl Ledger {
         self.inner.gate.release(&key, attempt);
         let result = self.record_locked(&key, attempt, outcome);
         match &result {
-            Ok(state) => tracing::info!(
+            Ok(state) => tracing::debug!(
                 phase = state.phase.name(),
                 duration_us = elapsed_us(started),
                 "outcome recorded"

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::index::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, Listing};
+use crate::index::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, Listing, StoredEvent};
 use crate::journal::Journal;
 use crate::journal::codec::decode_event;
 use crate::model::{IdempotencyKey, PaymentState, ReconcileConfig, Sequence, apply};
@@ -54,12 +54,7 @@ impl Batch {
     fn add(&mut self, update: KeyUpdate) {
         self.events += 1;
         match self.slot.get(&update.key) {
-            Some(&i) => {
-                let merged = &mut self.updates[i];
-                merged.after = update.after;
-                merged.events.extend(update.events);
-                merged.new_references.extend(update.new_references);
-            }
+            Some(&i) => self.updates[i].absorb(update),
             None => {
                 self.slot.insert(update.key.clone(), self.updates.len());
                 self.updates.push(update);
@@ -104,15 +99,21 @@ pub(super) fn catch_up(
             .as_ref()
             .map_or_else(|| PaymentState::new(event.key.clone()), |b| b.state.clone());
         let state = apply(&state, &event).map_err(|r| inconsistent(r.into()))?;
+        let before_listing = before.as_ref().map(Listing::of);
+        let mut events = before.map_or_else(Vec::new, |b| b.events);
+        events.push(StoredEvent {
+            sequence: record.sequence,
+            position: record.position,
+        });
         let after = IndexEntry {
             next_query_at: reconcile.next_query_at(&event.key, &state.phase, event.at),
             state,
             last_sequence: record.sequence,
+            events,
         };
         batch.add(KeyUpdate {
-            before: before.as_ref().map(Listing::of),
+            before: before_listing,
             after,
-            events: vec![(record.sequence, record.position)],
             new_references: started_reference(&event).into_iter().collect(),
             key: event.key,
         });

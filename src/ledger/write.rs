@@ -9,7 +9,7 @@
 //! - an attempt that becomes unknown starts its monotonic wait here, in this process.
 
 use crate::error::Result;
-use crate::index::{IndexEntry, KeyUpdate, Listing};
+use crate::index::{IndexEntry, KeyUpdate, Listing, StoredEvent};
 use crate::journal::codec::encode_event;
 use crate::limits::UNKNOWN_WAITS_MAX;
 use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference, Sequence, UnixMillis};
@@ -51,19 +51,23 @@ impl Ledger {
         let appended = self.inner.journal.append_chained(payloads)?;
         // Nothing between the append and the submit may fail: the applier needs every sequence.
         let (first, last) = (*appended.sequences.start(), *appended.sequences.end());
+        let mut stored = before.map_or_else(Vec::new, |b| b.events.clone());
+        stored.extend(
+            (first.0..=last.0)
+                .map(Sequence)
+                .zip(appended.positions.iter().copied())
+                .map(|(sequence, position)| StoredEvent { sequence, position }),
+        );
         let after = IndexEntry {
             state,
             last_sequence: last,
             next_query_at,
+            events: stored,
         };
         let update = KeyUpdate {
             key: key.clone(),
             before: before.map(Listing::of),
             after: after.clone(),
-            events: (first.0..=last.0)
-                .map(Sequence)
-                .zip(appended.positions.iter().copied())
-                .collect(),
             new_references,
         };
         self.inner
