@@ -32,7 +32,7 @@ use super::format::{
     ChainHash, FRAME_HEADER_LEN, FrameHeader, RECORD_HEADER_LEN, SEGMENT_FORMAT_VERSION,
     SEGMENT_HEADER_LEN, SegmentHeader, encode_record,
 };
-use super::segment::{SegmentInfo, create_segment, segment_path};
+use super::segment::{SegmentInfo, create_segment, install_segment, prepare_segment, segment_path};
 use super::storage::StorageFile;
 use super::{Journal, RecordPosition};
 use crate::sync::{lock, write};
@@ -65,6 +65,28 @@ struct Request {
     payloads: Vec<Vec<u8>>,
     /// Woken when its answer is in `done`, or when it is to lead the next commit.
     wake: Arc<Condvar>,
+}
+
+/// The next segment's file, prepared by a thread of its own while the current segment fills.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    number: u64,
+    preparing: std::thread::JoinHandle<Result<Box<dyn StorageFile>>>,
+}
+
+impl Spare {
+    /// Waits for the preparation; `None` if it failed (the caller then prepares it itself,
+    /// and reports that failure if it recurs).
+    fn finish(self) -> Option<Box<dyn StorageFile>> {
+        match self.preparing.join() {
+            Ok(Ok(file)) => Some(file),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, segment = self.number, "preparing the next segment ahead failed; preparing it at the roll-over");
+                None
+            }
+            Err(_) => None,
+        }
+    }
 }
 
 /// The sequences of one append and the chain hash of its last record.
@@ -269,6 +291,7 @@ impl Journal {
         }
         assert_eq!(appended.len(), batch.len(), "one answer per append");
         self.write_and_sync(writer, &mut frame)?;
+        self.prepare_next_segment(writer);
         let mut stats = lock(&self.stats);
         stats.records += records;
         stats.commits += 1;
@@ -313,6 +336,40 @@ impl Journal {
         Ok(())
     }
 
+    /// Once the current segment is half full, starts preparing the next one on a thread of its
+    /// own (when the storage allows it), so that the roll-over does not zero-fill a segment
+    /// inside a commit.
+    fn prepare_next_segment(&self, writer: &Writer) {
+        if writer.offset < self.config.segment_len / 2 || !self.storage.background_writes() {
+            return;
+        }
+        let mut spare = lock(&self.spare);
+        let number = writer.segment + 1;
+        if spare.as_ref().is_some_and(|s| s.number == number) {
+            return;
+        }
+        let (storage, dir, segment_len) = (
+            Arc::clone(&self.storage),
+            self.dir.clone(),
+            self.config.segment_len,
+        );
+        let preparing = std::thread::Builder::new()
+            .name("payledger-segment".into())
+            .spawn(move || prepare_segment(&*storage, &dir, number, segment_len));
+        // A thread that cannot start only means the roll-over prepares the segment itself.
+        if let Ok(preparing) = preparing {
+            *spare = Some(Spare { number, preparing });
+        }
+    }
+
+    /// Waits for a segment being prepared ahead, if any (before the journal closes: nothing
+    /// writes in the directory after that).
+    pub(crate) fn finish_spare(&self) -> Option<(u64, Box<dyn StorageFile>)> {
+        let spare = lock(&self.spare).take()?;
+        let number = spare.number;
+        spare.finish().map(|file| (number, file))
+    }
+
     /// Starts the next segment (synced whole before it is named) and makes it the writer's.
     pub(crate) fn roll_over(&self, writer: &mut Writer) -> Result<(), FatalCause> {
         let number = writer.segment + 1;
@@ -322,15 +379,21 @@ impl Journal {
             first_sequence: writer.next_sequence,
             previous_hash: writer.head,
         };
-        let file = create_segment(&*self.storage, &self.dir, &self.config, header).map_err(
-            |e| match e {
-                Error::Io { context, source } => FatalCause::new(context, source),
-                other => FatalCause::new(
-                    format!("creating segment {number}"),
-                    std::io::Error::other(other.to_string()),
-                ),
-            },
-        )?;
+        let prepared = match self.finish_spare() {
+            Some((spare, file)) if spare == number => Some(file),
+            _ => None,
+        };
+        let created = match prepared {
+            Some(file) => install_segment(&*self.storage, &self.dir, file, header),
+            None => create_segment(&*self.storage, &self.dir, &self.config, header),
+        };
+        let file = created.map_err(|e| match e {
+            Error::Io { context, source } => FatalCause::new(context, source),
+            other => FatalCause::new(
+                format!("creating segment {number}"),
+                std::io::Error::other(other.to_string()),
+            ),
+        })?;
         write(&self.segments).push(SegmentInfo {
             number,
             first_sequence: writer.next_sequence,

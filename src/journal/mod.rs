@@ -198,6 +198,8 @@ pub struct Journal {
     _lock: Option<Box<dyn DirLock>>,
     /// The torn tail a read-only open found and, writing nothing, left in place.
     left_torn: Option<TornTail>,
+    /// The next segment, being prepared off the commit path.
+    spare: Mutex<Option<group_commit::Spare>>,
 }
 
 impl Journal {
@@ -317,6 +319,7 @@ impl Journal {
             stats: Mutex::new(JournalStats::default()),
             _lock: Some(dir_lock),
             left_torn: None,
+            spare: Mutex::new(None),
         };
         journal.leave_old_format()?;
         Ok((journal, report))
@@ -378,6 +381,7 @@ impl Journal {
             stats: Mutex::new(JournalStats::default()),
             _lock: None,
             left_torn: report.torn_tail.clone(),
+            spare: Mutex::new(None),
         };
         Ok((journal, report))
     }
@@ -417,6 +421,11 @@ impl Journal {
 
     fn segment_list(&self) -> Vec<SegmentInfo> {
         read(&self.segments).clone()
+    }
+
+    /// How many segments the journal has.
+    pub fn segment_count(&self) -> usize {
+        read(&self.segments).len()
     }
 }
 
@@ -482,4 +491,18 @@ fn list_segments(storage: &dyn Storage, dir: &Path, repair: bool) -> Result<Vec<
         segments.push(info);
     }
     Ok(segments)
+}
+
+impl Drop for Journal {
+    /// Waits for a segment being prepared ahead and removes it: nothing writes in the directory
+    /// once the journal is closed (its lock may be taken by the next process), and no unused
+    /// segment-sized file is left behind (a writable open removes one left by a crash).
+    fn drop(&mut self) {
+        if let Some((number, file)) = self.finish_spare() {
+            drop(file);
+            if let Err(e) = segment::discard_prepared(&*self.storage, &self.dir, number) {
+                tracing::warn!(error = %e, segment = number, "removing the unused prepared segment failed");
+            }
+        }
+    }
 }

@@ -108,21 +108,56 @@ pub(crate) fn create_segment(
     config: &JournalConfig,
     header: SegmentHeader,
 ) -> Result<Box<dyn StorageFile>> {
-    let number = header.number;
-    let path = segment_path(dir, number);
-    let temp = dir.join(format!("{number:020}{TEMP_SUFFIX}"));
+    let file = prepare_segment(storage, dir, header.number, config.segment_len)?;
+    install_segment(storage, dir, file, header)
+}
+
+/// The temporary name of segment `number` while it is prepared.
+fn temp_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}{TEMP_SUFFIX}"))
+}
+
+/// The slow half of creating segment `number`: a zero-filled file of `segment_len` bytes under
+/// its temporary name, synced. It is not a segment yet (no header, not named as one), so it can
+/// be prepared ahead of time, off the commit path.
+pub(crate) fn prepare_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    number: u64,
+    segment_len: u64,
+) -> Result<Box<dyn StorageFile>> {
+    let temp = temp_path(dir, number);
     let io_err = |what: &str, e| Error::io(format!("{what} {}", temp.display()), e);
     let file = storage
         .open(&temp, true)
         .map_err(|e| io_err("creating", e))?;
     file.set_len(0).map_err(|e| io_err("truncating", e))?;
-    file.write_all_at(&header.encode(), 0)
-        .map_err(|e| io_err("writing header of", e))?;
-    file.preallocate(config.segment_len)
+    file.preallocate(segment_len)
         .map_err(|e| io_err("preallocating", e))?;
     file.sync_data().map_err(|e| io_err("syncing", e))?;
+    Ok(file)
+}
+
+/// Removes a prepared segment file that will not be used (the journal is closing).
+pub(crate) fn discard_prepared(storage: &dyn Storage, dir: &Path, number: u64) -> io::Result<()> {
+    storage.remove(&temp_path(dir, number))
+}
+
+/// The quick half: writes `header` into a prepared file, syncs it, and names it a segment
+/// (synced whole before it is named, so a named segment always has its header).
+pub(crate) fn install_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    file: Box<dyn StorageFile>,
+    header: SegmentHeader,
+) -> Result<Box<dyn StorageFile>> {
+    let temp = temp_path(dir, header.number);
+    let io_err = |what: &str, e| Error::io(format!("{what} {}", temp.display()), e);
+    file.write_all_at(&header.encode(), 0)
+        .map_err(|e| io_err("writing header of", e))?;
+    file.sync_data().map_err(|e| io_err("syncing", e))?;
     storage
-        .rename(&temp, &path)
+        .rename(&temp, &segment_path(dir, header.number))
         .map_err(|e| io_err("renaming", e))?;
     storage
         .sync_dir(dir)

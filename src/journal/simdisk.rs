@@ -467,6 +467,11 @@ impl Storage for SimDisk {
         state.names.remove(path).ok_or_else(missing)?;
         Ok(())
     }
+    /// Every write happens on the caller's thread, so that a seed replays byte for byte.
+    fn background_writes(&self) -> bool {
+        false
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.lock();
         let state = &mut *state;

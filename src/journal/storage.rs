@@ -52,6 +52,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes the exclusive lock on `dir`; `Ok(None)` if someone else holds it.
     fn try_lock(&self, dir: &Path) -> io::Result<Option<Box<dyn DirLock>>>;
+    /// Whether the journal may write from a thread of its own (to prepare the next segment
+    /// ahead of time). A storage whose every write must happen on the caller's thread (a
+    /// deterministic simulation) says no; the journal then prepares segments when it needs them.
+    fn background_writes(&self) -> bool {
+        true
+    }
 }
 
 /// The real file system.

@@ -457,3 +457,46 @@ fn verify_names_segment_and_offset_of_corruption() {
         other => panic!("expected corruption at segment 0 offset 64, got {other:?}"),
     }
 }
+
+/// Issue 15: the next segment is prepared off the commit path once the current one is half
+/// full; the roll-over then only writes its header. Nothing prepared is left after close.
+#[test]
+fn the_next_segment_is_prepared_ahead_and_nothing_is_left_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_len: 64 * 1024,
+        create_if_missing: true,
+    };
+    let (journal, _) = Journal::open(tmp.path(), config).unwrap();
+    let spare = tmp.path().join("00000000000000000001.seg.tmp");
+    let mut n = 0;
+    // Past half of segment 0, one record per append.
+    while !spare.exists() {
+        journal.append(vec![payload(n)]).unwrap();
+        n += 1;
+        assert!(n < 10_000, "a spare appears once segment 0 is half full");
+    }
+    // The preparation finishes in the background, at the segment's full length.
+    for _ in 0..500 {
+        if std::fs::metadata(&spare).map(|m| m.len()).unwrap_or(0) == config.segment_len {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    while journal.segment_count() < 4 {
+        journal.append(vec![payload(n)]).unwrap();
+        n += 1;
+    }
+    assert!(journal.verify().is_ok());
+    assert_eq!(read_all(&journal).unwrap().len() as u64, n);
+    drop(journal);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let (journal, _) = Journal::open(tmp.path(), config).unwrap();
+    assert_eq!(journal.last_sequence(), Sequence(n));
+}
