@@ -81,6 +81,16 @@ pub const COMMIT_QUEUE_LEN_MAX: usize = 4_096;
 /// number of concurrent writers.
 pub const INDEX_BACKLOG_MAX: usize = 16_384;
 
+/// The smallest page cache the index may be given (1 MiB).
+pub const INDEX_CACHE_BYTES_MIN: u64 = 1 << 20;
+
+/// The default page cache of the index (64 MiB): with the journal's buffers and the overlay,
+/// what keeps a ledger of a million keys within its memory budget (`docs/performance.md`).
+pub const INDEX_CACHE_BYTES_DEFAULT: u64 = 64 << 20;
+
+/// The largest page cache the index may be given (64 GiB).
+pub const INDEX_CACHE_BYTES_MAX: u64 = 64 << 30;
+
 /// Commits the index applier applies in one atomic batch at most.
 pub const INDEX_APPLY_BATCH_MAX: usize = 4_096;
 

@@ -1,15 +1,17 @@
 //! `payledger`: the operator's CLI and the seeded chaos simulation.
 //!
-//! Every command but `simulate` and `rebuild-index` is read-only: it takes no lock, creates no
-//! file and writes no byte, so it works on a read-only copy or snapshot while the live ledger
-//! runs elsewhere. Keys are taken verbatim (a key may start with `-`: use `--after=KEY`, or put
-//! `--` before a positional key), and every command printed for copy and paste is shell-quoted.
+//! Every command but `simulate`, `rebuild-index` and `bench` is read-only: it takes no lock,
+//! creates no file and writes no byte, so it works on a read-only copy or snapshot while the live
+//! ledger runs elsewhere; `bench` writes only inside a scratch directory it creates and removes.
+//! Keys are taken verbatim (a key may start with `-`: use `--after=KEY`, or put `--` before a
+//! positional key), and every command printed for copy and paste is shell-quoted.
 //!
 //! Exit status: 0 success; 1 a check found a problem (`verify` damage, a `health` alert, a
 //! `simulate` violation); 2 an error; 3 `export` stopped at damage after printing what it could.
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod commands;
 mod open;
 mod quote;
@@ -134,6 +136,37 @@ enum Command {
         /// Ledger directory.
         dir: PathBuf,
     },
+    /// Measure the disk under DIR and the ledger on it, for sizing a disk before going live.
+    ///
+    /// Three measurements, each for `--seconds`: the latency of writing 256 bytes and calling
+    /// fdatasync (one thread, a preallocated file); the records per second the journal's group
+    /// commit reaches with 256-byte records at each `--callers` count (the raw limit); and the
+    /// charges per second and latency of the ledger at each count (`begin`, an in-memory
+    /// success, `record`, fresh keys, default configuration). A charge makes two durable
+    /// appends (three records).
+    ///
+    /// Everything is written in a scratch directory, DIR/payledger-bench-PID, created at the
+    /// start and removed at the end, also after an error. Ctrl-C stops the process at once and
+    /// leaves the scratch directory behind: remove it by hand. The bench writes journal segments
+    /// of 64 MiB and keeps the disk busy: do not run it beside a live ledger.
+    Bench {
+        /// A directory on the disk to measure (it must exist and be writable).
+        dir: PathBuf,
+        /// Seconds per measurement (up to 60).
+        #[arg(long, default_value = "2", value_parser = bench::parse_seconds)]
+        seconds: Duration,
+        /// Concurrent callers of the journal and ledger measurements, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1,8,32",
+            value_parser = bench::parse_callers
+        )]
+        callers: Vec<usize>,
+        /// Print the figures as one JSON object (latencies in microseconds).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -145,6 +178,10 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        #[allow(
+            clippy::needless_update,
+            reason = "the rest of `SimConfig` exists only with the library's `testing` feature"
+        )]
         Command::Simulate {
             seed,
             ops,
@@ -193,6 +230,19 @@ fn main() -> ExitCode {
         } => commands::export(&dir),
         Command::Tail { dir, from, limit } => commands::tail(&dir, from, limit),
         Command::RebuildIndex { dir } => commands::rebuild_index(&dir),
+        Command::Bench {
+            dir,
+            seconds,
+            callers,
+            json,
+        } => bench::bench(
+            &dir,
+            &bench::Options {
+                window: seconds,
+                callers,
+                json,
+            },
+        ),
     };
     match result {
         Ok(code) => code,

@@ -281,3 +281,56 @@ fn errors_are_one_line_with_a_non_zero_exit() {
     let bad_key = payledger(&["inspect", tmp.path().to_str().unwrap(), "bad key"]);
     assert_eq!(bad_key.status.code(), Some(2));
 }
+
+/// `bench` measures inside a scratch directory of its own and leaves nothing behind.
+#[test]
+fn bench_reports_positive_figures_and_leaves_its_directory_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("disk");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("kept"), b"an operator's file").unwrap();
+    let before = snapshot(&dir);
+    let d = dir.to_str().unwrap();
+    let out = payledger(&["bench", d, "--seconds", "0.2", "--callers", "1,2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["record_len"], 256);
+    let figures = |figures: &serde_json::Value, callers: u64| {
+        assert_eq!(figures["callers"], callers, "{figures}");
+        assert!(figures["completed"].as_u64().unwrap() > 0, "{figures}");
+        for name in ["per_s", "p50_us", "p99_us", "max_us"] {
+            assert!(figures[name].as_f64().unwrap() > 0.0, "{name}: {figures}");
+        }
+        let (p50, p99, max) = (&figures["p50_us"], &figures["p99_us"], &figures["max_us"]);
+        assert!(p50.as_f64() <= p99.as_f64() && p99.as_f64() <= max.as_f64());
+    };
+    figures(&report["sync"], 1);
+    for part in ["journal", "ledger"] {
+        let rows = report[part].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{part}");
+        figures(&rows[0], 1);
+        figures(&rows[1], 2);
+    }
+    let mut after = snapshot(&dir);
+    // Creating and removing the scratch directory touches DIR's own modification time.
+    after.insert(dir.clone(), before[&dir].clone());
+    assert_eq!(after, before, "bench left something behind");
+
+    let missing = tmp.path().join("nothing-here");
+    let plain_file = dir.join("kept");
+    for bad in [&missing, &plain_file] {
+        let out = payledger(&["bench", bad.to_str().unwrap(), "--seconds", "0.1"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        assert!(
+            err.starts_with("error: bench directory ") && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+    assert!(!missing.exists());
+    for bad in [["--seconds", "0"], ["--callers", "0"]] {
+        let out = payledger(&["bench", d, bad[0], bad[1]]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    assert_eq!(snapshot(&dir).len(), before.len());
+}

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::clock::{Clock, SystemClock};
 use crate::journal::storage::{FsStorage, Storage};
 use crate::limits::{
-    INDEX_BACKLOG_MAX, SEGMENT_LEN_DEFAULT, TICKET_LEASE_MS_DEFAULT, TICKET_LEASE_MS_MAX,
-    TICKET_LEASE_MS_MIN,
+    INDEX_BACKLOG_MAX, INDEX_CACHE_BYTES_DEFAULT, INDEX_CACHE_BYTES_MAX, INDEX_CACHE_BYTES_MIN,
+    SEGMENT_LEN_DEFAULT, TICKET_LEASE_MS_DEFAULT, TICKET_LEASE_MS_MAX, TICKET_LEASE_MS_MIN,
 };
 use crate::model::InputError;
 use crate::model::ReconcileConfig;
@@ -43,6 +43,11 @@ pub struct LedgerConfig {
     /// (the default): a writer finding this many waits before appending. Bounds the memory of
     /// the backlog and the overlay (about a kilobyte per commit).
     pub index_backlog_max: usize,
+    /// Memory sled may use for its page cache, from [`INDEX_CACHE_BYTES_MIN`] to
+    /// [`INDEX_CACHE_BYTES_MAX`]; default [`INDEX_CACHE_BYTES_DEFAULT`]. The index's hot part
+    /// (keys being charged, unknowns) stays cached; a larger cache speeds up random lookups of
+    /// old keys.
+    pub index_cache_bytes: u64,
     /// Test-only faults of the index applier (feature `testing`).
     #[cfg(feature = "testing")]
     #[doc(hidden)]
@@ -67,6 +72,7 @@ impl Default for LedgerConfig {
             storage: Arc::new(FsStorage),
             ticket_lease_ms: TICKET_LEASE_MS_DEFAULT,
             index_backlog_max: INDEX_BACKLOG_MAX,
+            index_cache_bytes: INDEX_CACHE_BYTES_DEFAULT,
             #[cfg(feature = "testing")]
             index_faults: None,
             #[cfg(feature = "testing")]
@@ -89,6 +95,12 @@ impl LedgerConfig {
             self.index_backlog_max as u64,
             1,
             INDEX_BACKLOG_MAX as u64,
+        )?;
+        check_range(
+            "index_cache_bytes",
+            self.index_cache_bytes,
+            INDEX_CACHE_BYTES_MIN,
+            INDEX_CACHE_BYTES_MAX,
         )
     }
 }

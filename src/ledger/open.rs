@@ -84,7 +84,7 @@ impl Ledger {
                 if rebuild {
                     SledIndex::remove_files(&index_dir)?;
                 }
-                let (index, reason) = open_index(&index_dir)?;
+                let (index, reason) = open_index(&index_dir, config.index_cache_bytes)?;
                 let watermark = index.watermark()?.sequence;
                 opened = Some((index, reason));
                 Ok(watermark)
@@ -293,13 +293,13 @@ fn check_index_dir(ledger_dir: &Path, index_dir: &Path) -> Result<()> {
 
 /// Opens the index, or makes a fresh one when it is missing or unusable; returns why it must be
 /// rebuilt, if it must.
-fn open_index(dir: &Path) -> Result<(SledIndex, Option<String>)> {
+fn open_index(dir: &Path, cache_bytes: u64) -> Result<(SledIndex, Option<String>)> {
     let existed = dir.exists();
-    match SledIndex::open(dir)? {
+    match SledIndex::open(dir, cache_bytes)? {
         Ok(index) => Ok((index, (!existed).then(|| "index missing".to_string()))),
         Err(reason) => {
             SledIndex::remove_files(dir)?;
-            let index = SledIndex::open(dir)?.map_err(|reason| Error::Index {
+            let index = SledIndex::open(dir, cache_bytes)?.map_err(|reason| Error::Index {
                 index: dir.to_path_buf(),
                 kind: IndexError::FreshUnusable { reason },
             })?;

@@ -14,6 +14,7 @@ fn main() {
         storage,
         ticket_lease_ms,
         index_backlog_max,
+        index_cache_bytes,
     } = LedgerConfig::default();
     let _ = (
         segment_len,
@@ -25,5 +26,6 @@ fn main() {
         storage,
         ticket_lease_ms,
         index_backlog_max,
+        index_cache_bytes,
     );
 }
