@@ -136,7 +136,7 @@ impl Ledger {
     /// current.
     ///
     /// # Errors
-    /// [`Error::IndexFailed`] if applying fails first.
+    /// [`crate::Error::IndexFailed`] if applying fails first.
     pub fn wait_indexed(&self) -> Result<()> {
         self.inner
             .index
