@@ -16,7 +16,7 @@ use crate::clock::MonotonicMillis;
 use crate::error::Result;
 use crate::model::Intent;
 use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference, UnixMillis};
-use crate::model::{AttemptPlan, Decision, PaymentState};
+use crate::model::{AttemptPlan, Decision, PaymentState, PrimaryKind};
 use crate::model::{Event, EventKind, Outcome, UnknownReason};
 use crate::sync::{Mutex, MutexGuard, lock};
 
@@ -37,6 +37,13 @@ pub(crate) trait GateStore {
         before: Option<&Self::Entry>,
         events: Vec<Event>,
     ) -> Result<()>;
+}
+
+/// What a caller asks the gate for: a purchase or an authorisation of `intent`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Request<'a> {
+    pub intent: &'a Intent,
+    pub primary: PrimaryKind,
 }
 
 /// An attempt the gate made durable and whose ticket is live: call the provider with its
@@ -129,11 +136,15 @@ impl KeyGate {
         &self,
         store: &S,
         key: &IdempotencyKey,
-        intent: &Intent,
+        request: &Request<'_>,
         now: UnixMillis,
         monotonic: MonotonicMillis,
     ) -> Result<Decision<StartedAttempt>> {
-        let fingerprint = intent.fingerprint();
+        let intent = request.intent;
+        let fingerprint = match request.primary {
+            PrimaryKind::Purchase => intent.fingerprint(),
+            PrimaryKind::Authorization { .. } => intent.authorization_fingerprint(),
+        };
         let _guard = self.lock(key);
         let entry = store.load(key)?;
         let state = entry
@@ -178,9 +189,18 @@ impl KeyGate {
         let provider_reference = ProviderReference::derive(key, attempt);
         let mut events = Vec::with_capacity(2);
         if record_intent {
-            events.push(event(EventKind::IntentRecorded {
-                intent: intent.clone(),
-                fingerprint,
+            events.push(event(match request.primary {
+                PrimaryKind::Purchase => EventKind::IntentRecorded {
+                    intent: intent.clone(),
+                    fingerprint,
+                },
+                PrimaryKind::Authorization { multiple_captures } => {
+                    EventKind::AuthorizationRecorded {
+                        intent: intent.clone(),
+                        fingerprint,
+                        multiple_captures,
+                    }
+                }
             }));
         }
         events.push(event(EventKind::AttemptStarted {
@@ -245,6 +265,13 @@ mod shuttle_tests {
         }
     }
 
+    fn purchase(intent: &Intent) -> Request<'_> {
+        Request {
+            intent,
+            primary: PrimaryKind::Purchase,
+        }
+    }
+
     fn intent() -> Intent {
         Intent {
             amount: Amount::new(100).unwrap(),
@@ -264,8 +291,14 @@ mod shuttle_tests {
             .map(|_| {
                 let (gate, store, key) = (Arc::clone(&gate), Arc::clone(&store), key.clone());
                 shuttle::thread::spawn(move || {
-                    gate.admit(&*store, &key, &intent(), UnixMillis(1), MonotonicMillis(1))
-                        .unwrap()
+                    gate.admit(
+                        &*store,
+                        &key,
+                        &purchase(&intent()),
+                        UnixMillis(1),
+                        MonotonicMillis(1),
+                    )
+                    .unwrap()
                 })
             })
             .collect();
@@ -306,7 +339,13 @@ mod shuttle_tests {
                 let store = Arc::new(MemStore::default());
                 let key = IdempotencyKey::new("k").unwrap();
                 let first = gate
-                    .admit(&*store, &key, &intent(), UnixMillis(1), MonotonicMillis(1))
+                    .admit(
+                        &*store,
+                        &key,
+                        &purchase(&intent()),
+                        UnixMillis(1),
+                        MonotonicMillis(1),
+                    )
                     .unwrap();
                 assert!(matches!(first, Decision::Attempt(_)));
                 let dropper = {
@@ -319,8 +358,14 @@ mod shuttle_tests {
                 let racer = {
                     let (gate, store, key) = (Arc::clone(&gate), Arc::clone(&store), key.clone());
                     shuttle::thread::spawn(move || {
-                        gate.admit(&*store, &key, &intent(), UnixMillis(2), MonotonicMillis(2))
-                            .unwrap()
+                        gate.admit(
+                            &*store,
+                            &key,
+                            &purchase(&intent()),
+                            UnixMillis(2),
+                            MonotonicMillis(2),
+                        )
+                        .unwrap()
                     })
                 };
                 dropper.join().unwrap();

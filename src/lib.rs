@@ -67,14 +67,16 @@ pub use journal::{
 
 pub use ledger::{
     Alert, AlertThresholds, Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry,
-    IndexRecovery, Ledger, LedgerConfig, OpenReport, Ticket,
+    IndexRecovery, Ledger, LedgerConfig, OpenReport, OperationBegin, OperationHealth,
+    OperationTicket, Ticket,
 };
 pub use model::{
-    AccountId, Amount, AttemptNumber, AttemptPlan, Contradiction, Currency, CustomerRef, Decision,
-    DeclineCode, Description, Event, EventKind, EvidenceSource, Finding, Fingerprint,
+    AccountId, Amount, AttemptNumber, AttemptPlan, Charge, Contradiction, Currency, CustomerRef,
+    Decision, DeclineCode, Description, Event, EventKind, EvidenceSource, Finding, Fingerprint,
     IdempotencyKey, InputError, Intent, IntentSummary, Metadata, NotFoundPolicy, NotSentReason,
-    Note, Operator, Outcome, PaymentState, Phase, PhaseKind, ProviderReference, QueryAnswer,
-    ReconcileConfig, Rejection, RejectionReason, Resolution, ReviewReason, Sequence, TransactionId,
+    Note, OperationKind, OperationPlan, OperationState, OperationStep, Operator, Outcome,
+    PaymentState, Phase, PhaseKind, PrimaryKind, ProviderReference, QueryAnswer, ReconcileConfig,
+    Rejection, RejectionReason, RequestId, Resolution, ReviewReason, Sequence, Sums, TransactionId,
     UnixMillis, UnknownReason, Verdict, apply,
 };
 pub use provider::{ChargeReply, ChargeRequest, Provider, QueryReply};

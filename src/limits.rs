@@ -48,6 +48,12 @@ pub const DECLINE_CODE_LEN_MAX: usize = 64;
 /// Operator names are logins or e-mail addresses.
 pub const OPERATOR_LEN_MAX: usize = 64;
 
+/// Longest caller-supplied id of a capture, void or refund (a merchant's refund id), in bytes.
+pub const REQUEST_ID_LEN_MAX: usize = 128;
+
+/// Captures, voids and refunds one key may carry: bounds a state's size and the fold's work.
+pub const OPERATIONS_MAX: u32 = 64;
+
 /// Operator notes explain a manual resolution; a paragraph is enough.
 pub const NOTE_LEN_MAX: usize = 1_000;
 

@@ -12,7 +12,7 @@
 use crate::error::Result;
 use crate::ledger::Ledger;
 use crate::model::Phase;
-use crate::model::ProviderReference;
+use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference};
 use crate::provider::Provider;
 
 /// What one reconciler pass did.
@@ -20,7 +20,7 @@ use crate::provider::Provider;
 pub struct ReconcileReport {
     /// Attempts taken over (dropped tickets, expired leases) and marked unknown.
     pub abandoned: usize,
-    /// Unknown keys examined.
+    /// Unknown attempts examined (of charges and of captures, voids and refunds).
     pub examined: usize,
     /// Keys settled (succeeded, declined, or proven not charged).
     pub resolved: usize,
@@ -79,42 +79,35 @@ impl<P: Provider> Reconciler<P> {
         let config = self.ledger.reconcile_config();
         let batch = config.batch_max();
         let mut report = ReconcileReport {
-            abandoned: self.ledger.take_over_in_flight(batch)?,
+            abandoned: self.ledger.take_over_in_flight(batch)?
+                + self.ledger.take_over_operations(batch, false)?,
             ..ReconcileReport::default()
         };
         for key in self.ledger.due_keys(batch)? {
             let Some(state) = self.ledger.state(&key)? else {
                 continue;
             };
-            let Phase::Unknown {
+            if let Phase::Unknown {
                 attempt, queries, ..
             } = state.phase
-            else {
-                continue;
-            };
-            report.examined += 1;
-            if queries >= config.queries_max() {
-                if self.ledger.escalate(&key, attempt, queries)? {
-                    report.escalated += 1;
-                }
-                continue;
+            {
+                report.examined += 1;
+                let reference = ProviderReference::derive(&key, attempt);
+                let track = Track::Charge;
+                self.reconcile_one(&key, track, attempt, queries, &reference, &mut report)?;
             }
-            let reference = ProviderReference::derive(&key, attempt);
-            let asked_at = self.ledger.monotonic_now();
-            let reply = self.provider.query(&reference);
-            tracing::debug!(key = %key, attempt = attempt.get(), provider_reference = %reference, ?reply, "provider queried");
-            match self.ledger.record_query(&key, attempt, reply, asked_at)? {
-                Some(Phase::Unknown { queries, .. }) => {
-                    if queries >= config.queries_max() {
-                        if self.ledger.escalate(&key, attempt, queries)? {
-                            report.escalated += 1;
-                        }
-                    } else {
-                        report.rescheduled += 1;
-                    }
-                }
-                Some(_) => report.resolved += 1,
-                None => {}
+            for op in &state.operations {
+                let Phase::Unknown {
+                    attempt, queries, ..
+                } = op.phase
+                else {
+                    continue;
+                };
+                report.examined += 1;
+                let reference =
+                    ProviderReference::derive_operation(&key, op.kind, op.ordinal, attempt);
+                let track = Track::Operation(op.ordinal);
+                self.reconcile_one(&key, track, attempt, queries, &reference, &mut report)?;
             }
         }
         tracing::info!(
@@ -128,4 +121,62 @@ impl<P: Provider> Reconciler<P> {
         );
         Ok(report)
     }
+
+    /// Queries one unknown attempt (of the key's charge or of an operation), or escalates it
+    /// once its queries are spent.
+    fn reconcile_one(
+        &self,
+        key: &IdempotencyKey,
+        track: Track,
+        attempt: AttemptNumber,
+        queries: u32,
+        reference: &ProviderReference,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let queries_max = self.ledger.reconcile_config().queries_max();
+        let escalate = |queries| match track {
+            Track::Charge => self.ledger.escalate(key, attempt, queries),
+            Track::Operation(ordinal) => self
+                .ledger
+                .escalate_operation(key, ordinal, attempt, queries),
+        };
+        if queries >= queries_max {
+            if escalate(queries)? {
+                report.escalated += 1;
+            }
+            return Ok(());
+        }
+        let asked_at = self.ledger.monotonic_now();
+        let reply = self.provider.query(reference);
+        tracing::debug!(key = %key, attempt = attempt.get(), provider_reference = %reference, ?reply, "provider queried");
+        let phase = match track {
+            Track::Charge => self.ledger.record_query(key, attempt, reply, asked_at)?,
+            Track::Operation(ordinal) => self
+                .ledger
+                .record_operation_query(key, ordinal, attempt, reply, asked_at)?,
+        };
+        match phase {
+            Some(Phase::Unknown { queries, .. }) => {
+                if queries >= queries_max {
+                    if escalate(queries)? {
+                        report.escalated += 1;
+                    }
+                } else {
+                    report.rescheduled += 1;
+                }
+            }
+            Some(_) => report.resolved += 1,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Which attempts of a key a query is about.
+#[derive(Clone, Copy, Debug)]
+enum Track {
+    /// The key's own charge (or authorisation).
+    Charge,
+    /// One of its captures, voids or refunds.
+    Operation(u32),
 }

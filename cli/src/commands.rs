@@ -16,7 +16,7 @@ use payledger::journal::storage::FsStorage;
 use payledger::sim::SimConfig;
 use payledger::{
     AlertThresholds, Error, IdempotencyKey, JournalRecord, Ledger, LedgerConfig, PhaseKind,
-    Sequence, UnixMillis,
+    PrimaryKind, Sequence, UnixMillis,
 };
 
 use crate::quote::{option, quote};
@@ -88,11 +88,45 @@ pub fn inspect(dir: &Path, key: &str) -> payledger::Result<ExitCode> {
         );
     }
     if let Some(intent) = &state.intent {
+        let what = match state.primary {
+            PrimaryKind::Purchase => "intent",
+            PrimaryKind::Authorization { .. } => "authorisation",
+        };
         let _ = writeln!(
             out,
-            "intent: {} {} (fingerprint {})",
+            "{what}: {} {} (fingerprint {})",
             intent.amount, intent.currency, intent.fingerprint
         );
+    }
+    if state.conflict_resolved() {
+        let _ = writeln!(
+            out,
+            "conflict settled: the duplicate charge was refunded (the history keeps it)"
+        );
+    }
+    if !state.operations.is_empty() {
+        let sums = state.sums();
+        let _ = writeln!(
+            out,
+            "money: authorised {}, captured {}, refunded {} (captures counted {}, refunds counted {})",
+            sums.authorized,
+            sums.captured,
+            sums.refunded,
+            sums.captures_counted,
+            sums.refunds_counted
+        );
+        let _ = writeln!(out, "operations:");
+        for op in &state.operations {
+            let _ = writeln!(
+                out,
+                "  #{:<3} {:<8} {:>12}  request {:<24}  {}",
+                op.ordinal,
+                op.kind.name(),
+                op.amount.to_string(),
+                op.request_id.as_str(),
+                show::describe(&op.phase)
+            );
+        }
     }
     let _ = writeln!(
         out,
@@ -208,6 +242,17 @@ pub fn stats(dir: &Path) -> payledger::Result<ExitCode> {
         })
     };
     let _ = writeln!(out, "oldest unknown: {}", ago(health.unknown_age_ms_max));
+    for op in &health.operations {
+        let _ = writeln!(
+            out,
+            "{}s in doubt: {} unknown (oldest {}), {} in review, {} in conflict",
+            op.kind.name(),
+            op.unknown,
+            ago(op.unknown_age_ms_max),
+            op.in_review,
+            op.conflict
+        );
+    }
     let _ = writeln!(
         out,
         "oldest in flight: {}",
@@ -256,6 +301,13 @@ pub fn health(dir: &Path, thresholds: &AlertThresholds, json: bool) -> payledger
             "conflict": health.conflict,
             "last_sequence": health.last_sequence.0,
             "index_watermark": health.index_watermark.0,
+            "operations": health.operations.iter().map(|op| serde_json::json!({
+                "kind": op.kind.name(),
+                "unknown": op.unknown,
+                "in_review": op.in_review,
+                "conflict": op.conflict,
+                "unknown_age_ms_max": op.unknown_age_ms_max,
+            })).collect::<Vec<_>>(),
         });
         println!("{value}");
     } else if alerts.is_empty() {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use payledger::{Event, EventKind, Phase, UnixMillis};
+use payledger::{Event, EventKind, OperationStep, Phase, UnixMillis};
 
 /// An RFC 3339 time with milliseconds.
 pub fn time(at: UnixMillis) -> String {
@@ -86,6 +86,50 @@ pub fn detail(event: &Event) -> String {
             "{} {} for {}",
             intent.amount, intent.currency, intent.customer
         ),
+        EventKind::AuthorizationRecorded {
+            intent,
+            multiple_captures,
+            ..
+        } => format!(
+            "hold of {} {} for {}{}",
+            intent.amount,
+            intent.currency,
+            intent.customer,
+            if *multiple_captures {
+                ", several captures"
+            } else {
+                ""
+            }
+        ),
+        EventKind::OperationRequested {
+            ordinal,
+            kind,
+            request_id,
+            amount,
+        } => format!("{kind} #{ordinal} of {amount} (request {request_id})"),
+        EventKind::OperationStepped { ordinal, step } => {
+            let what = match step {
+                OperationStep::AttemptStarted {
+                    provider_reference, ..
+                } => provider_reference.to_string(),
+                OperationStep::OutcomeReported { outcome, .. } => format!("{outcome:?}"),
+                OperationStep::ProviderQueried { answer, .. } => format!("{answer:?}"),
+                OperationStep::EvidenceReceived {
+                    source, finding, ..
+                }
+                | OperationStep::ConflictDetected {
+                    source, finding, ..
+                } => format!("{source:?}: {finding:?}"),
+                OperationStep::EscalatedToReview { reason, .. } => format!("{reason:?}"),
+                OperationStep::ResolvedByOperator {
+                    resolution,
+                    operator,
+                    note,
+                    ..
+                } => format!("{resolution:?} by {operator}: {note}"),
+            };
+            format!("operation #{ordinal} attempt {}: {what}", step.attempt())
+        }
     }
 }
 

@@ -51,6 +51,7 @@ fn condition(name: &str) -> Condition {
         "IndexLost" => Condition::IndexLost,
         "IndexAhead" => Condition::IndexAhead,
         "Inconsistent" => Condition::Inconsistent,
+        "RefundUnknown" => Condition::RefundUnknown,
         other => panic!("the runbook names an unknown condition {other}"),
     }
 }

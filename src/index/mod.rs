@@ -73,9 +73,9 @@ pub struct StoredEvent {
 /// Where a key was listed before an update: what the update must remove.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Listing {
-    /// The phase lists it was in (its phase, and `Conflict` beside it while a contradiction
-    /// waits).
-    pub phases: [Option<PhaseKind>; 2],
+    /// The phase lists it was in (see `listed_as`: at most its phase, `Conflict` beside it, and
+    /// the four operation lists).
+    pub phases: [Option<PhaseKind>; 6],
     /// Its place in the reconcile schedule.
     pub next_query_at: Option<UnixMillis>,
 }
@@ -83,7 +83,7 @@ pub(crate) struct Listing {
 impl Listing {
     /// Where `entry` is listed.
     pub fn of(entry: &IndexEntry) -> Self {
-        let mut phases = [None; 2];
+        let mut phases = [None; 6];
         for (slot, kind) in phases.iter_mut().zip(listed_as(&entry.state)) {
             *slot = Some(kind);
         }
@@ -142,13 +142,9 @@ pub(crate) fn merged(updates: Vec<KeyUpdate>) -> Vec<KeyUpdate> {
     out
 }
 
-/// The lists a key appears in: its phase, and `Conflict` too while a contradiction waits beside
-/// an attempt still in doubt (which stays listed, and scheduled, under its own phase).
+/// The lists a key appears in ([`PaymentState::listed_as`]).
 fn listed_as(state: &PaymentState) -> impl Iterator<Item = PhaseKind> {
-    let phase = state.phase.kind();
-    let conflict =
-        (state.conflict.is_some() && phase != PhaseKind::Conflict).then_some(PhaseKind::Conflict);
-    std::iter::once(phase).chain(conflict)
+    state.listed_as().into_iter()
 }
 
 /// What the ledger needs of an index. Every method reads or writes derived data only.

@@ -29,7 +29,7 @@ use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixM
 use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, listed_as};
 
 /// Bumped whenever the index layout changes; an index of another version is rebuilt.
-const INDEX_FORMAT_VERSION: u64 = 5;
+const INDEX_FORMAT_VERSION: u64 = 6;
 
 /// The files and directories sled keeps in an index directory: the only entries payledger ever
 /// deletes there.

@@ -449,6 +449,106 @@ mod tests {
         assert_eq!(decode_record(&[0; 100], &first, 3), Ok(None));
     }
 
+    fn segment_header_with(first_sequence: u64) -> [u8; SEGMENT_HEADER_LEN] {
+        SegmentHeader {
+            version: SEGMENT_FORMAT_VERSION,
+            number: 0,
+            first_sequence,
+            previous_hash: GENESIS_HASH,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn a_first_sequence_from_1_to_sequence_max_is_accepted_and_any_other_refused() {
+        for first in [1, SEQUENCE_MAX] {
+            let header = SegmentHeader::decode(&segment_header_with(first));
+            assert_eq!(header.map(|h| h.first_sequence), Ok(first));
+        }
+        for first in [0, SEQUENCE_MAX + 1, u64::MAX] {
+            assert_eq!(
+                SegmentHeader::decode(&segment_header_with(first)),
+                Err(Corruption::FirstSequence { first }),
+            );
+        }
+    }
+
+    /// A frame header whose crc checks, whatever its fields say.
+    fn frame_header_with(body_len: usize, records: u32) -> [u8; FRAME_HEADER_LEN] {
+        FrameHeader {
+            body_len: u32::try_from(body_len).unwrap(),
+            first_sequence: 1,
+            records,
+            body_crc: 0,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn a_frame_body_from_one_smallest_record_to_the_commit_limit_is_accepted() {
+        let smallest = RECORD_HEADER_LEN + 1;
+        let largest = COMMIT_BYTES_MAX - FRAME_HEADER_LEN;
+        for body_len in [smallest, largest] {
+            let header = FrameHeader::decode(&frame_header_with(body_len, 1));
+            assert_eq!(
+                header.map(|h| h.map(|h| h.body_len as usize)),
+                Ok(Some(body_len))
+            );
+        }
+        for (body_len, records) in [(smallest - 1, 1), (largest + 1, 1), (smallest, 0)] {
+            assert_eq!(
+                FrameHeader::decode(&frame_header_with(body_len, records)),
+                Err(Corruption::FrameLength {
+                    body_len: u32::try_from(body_len).unwrap(),
+                    records,
+                }),
+                "body {body_len}, records {records}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_cut_after_its_header_is_a_cut_record_not_a_cut_header() {
+        let mut out = Vec::new();
+        encode_record(&mut out, &GENESIS_HASH, 1, 0, b"ten bytes!");
+        assert_eq!(
+            decode_intact(&out[..RECORD_HEADER_LEN]),
+            Err(Corruption::RecordCut {
+                len: RECORD_HEADER_LEN + 10,
+                available: RECORD_HEADER_LEN,
+            })
+        );
+        assert_eq!(
+            decode_intact(&out[..RECORD_HEADER_LEN - 1]),
+            Err(Corruption::RecordHeaderCut {
+                available: RECORD_HEADER_LEN - 1,
+            })
+        );
+    }
+
+    #[test]
+    fn a_payload_of_1_to_the_limit_is_accepted_and_any_other_length_refused() {
+        for len in [1, RECORD_PAYLOAD_LEN_MAX] {
+            let mut out = Vec::new();
+            encode_record(&mut out, &GENESIS_HASH, 1, 0, &vec![7; len]);
+            assert_eq!(decode_intact(&out).map(|r| r.payload.len()), Ok(len));
+        }
+        // Headers whose crc checks, so that only the length can be refused.
+        for len in [0, RECORD_PAYLOAD_LEN_MAX + 1] {
+            let mut record = vec![0; RECORD_HEADER_LEN];
+            record[PAYLOAD_LEN_AT..CRC_AT]
+                .copy_from_slice(&u32::try_from(len).unwrap().to_le_bytes());
+            record[SEQUENCE_AT..BATCH_LEFT_AT].copy_from_slice(&1u64.to_le_bytes());
+            let crc = record_crc(&record);
+            record[CRC_AT..SEQUENCE_AT].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(
+                decode_intact(&record),
+                Err(Corruption::PayloadLength { len: len as u64 }),
+                "payload length {len}"
+            );
+        }
+    }
+
     #[test]
     fn every_bit_flip_and_cut_is_refused() {
         let mut out = Vec::new();

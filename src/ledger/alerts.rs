@@ -1,12 +1,14 @@
 //! Alert rules over [`Health`]: which figures mean an operator must act. The CLI's
 //! `payledger health` and a service's health endpoint apply the same rules.
 //!
-//! Invariant: a key in conflict and a fatal failure always alert, whatever the thresholds; the
-//! other rules alert only past a threshold the caller chooses.
+//! Invariant: a key or an operation in conflict and a fatal failure always alert, whatever the
+//! thresholds; the other rules alert only past a threshold the caller chooses (the unknown-age
+//! and review thresholds apply to captures, voids and refunds as to charges).
 
 use std::fmt;
 
 use super::Health;
+use crate::model::OperationKind;
 
 /// When [`Health::alerts`] reports a figure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +71,30 @@ pub enum Alert {
         /// Events the index does not reflect yet.
         events: u64,
     },
+    /// Captures, voids or refunds in conflict: the provider contradicted them, or reported more
+    /// than the ledger allowed.
+    OperationConflict {
+        /// Their kind.
+        kind: OperationKind,
+        /// How many.
+        operations: usize,
+    },
+    /// A capture, void or refund has been unknown too long.
+    OperationUnknownTooLong {
+        /// Their kind.
+        kind: OperationKind,
+        /// Age of the oldest, in milliseconds.
+        age_ms: u64,
+        /// How many are unknown.
+        operations: usize,
+    },
+    /// Captures, voids or refunds wait in manual review.
+    OperationReviewGrowing {
+        /// Their kind.
+        kind: OperationKind,
+        /// How many.
+        operations: usize,
+    },
 }
 
 impl fmt::Display for Alert {
@@ -90,6 +116,21 @@ impl fmt::Display for Alert {
             Self::ReviewGrowing { keys } => write!(f, "{keys} key(s) wait in manual review"),
             Self::IndexLagging { events } => {
                 write!(f, "the index lags the journal by {events} events")
+            }
+            Self::OperationConflict { kind, operations } => {
+                write!(f, "{operations} {kind}(s) in conflict")
+            }
+            Self::OperationUnknownTooLong {
+                kind,
+                age_ms,
+                operations,
+            } => write!(
+                f,
+                "a {kind} has been unknown for {} ({operations} unknown)",
+                Age(*age_ms)
+            ),
+            Self::OperationReviewGrowing { kind, operations } => {
+                write!(f, "{operations} {kind}(s) wait in manual review")
             }
         }
     }
@@ -153,6 +194,29 @@ impl Health {
                 keys: self.in_review,
             });
         }
+        for op in &self.operations {
+            if op.conflict > 0 {
+                alerts.push(Alert::OperationConflict {
+                    kind: op.kind,
+                    operations: op.conflict,
+                });
+            }
+            if let Some(age_ms) = op.unknown_age_ms_max
+                && age_ms > thresholds.unknown_age_ms_max
+            {
+                alerts.push(Alert::OperationUnknownTooLong {
+                    kind: op.kind,
+                    age_ms,
+                    operations: op.unknown,
+                });
+            }
+            if op.in_review > thresholds.in_review_max {
+                alerts.push(Alert::OperationReviewGrowing {
+                    kind: op.kind,
+                    operations: op.in_review,
+                });
+            }
+        }
         let lag = self.last_sequence.0.saturating_sub(self.index_watermark.0);
         if lag > thresholds.index_lag_max {
             alerts.push(Alert::IndexLagging { events: lag });
@@ -206,6 +270,43 @@ mod tests {
                 Alert::ReviewGrowing { keys: 3 },
                 Alert::IndexLagging { events: 6 },
             ]
+        );
+    }
+
+    #[test]
+    fn operations_in_doubt_alert_by_kind() {
+        let health = Health {
+            operations: vec![crate::ledger::OperationHealth {
+                kind: OperationKind::Refund,
+                unknown: 2,
+                in_review: 3,
+                conflict: 1,
+                unknown_age_ms_max: Some(1_001),
+            }],
+            ..Health::default()
+        };
+        let alerts = health.alerts(&strict());
+        assert_eq!(
+            alerts,
+            vec![
+                Alert::OperationConflict {
+                    kind: OperationKind::Refund,
+                    operations: 1
+                },
+                Alert::OperationUnknownTooLong {
+                    kind: OperationKind::Refund,
+                    age_ms: 1_001,
+                    operations: 2
+                },
+                Alert::OperationReviewGrowing {
+                    kind: OperationKind::Refund,
+                    operations: 3
+                },
+            ]
+        );
+        assert_eq!(
+            alerts[1].to_string(),
+            "a refund has been unknown for 1s (2 unknown)"
         );
     }
 

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::gate::Request;
 use crate::index::IndexEntry;
 use crate::model::Intent;
 use crate::model::{AttemptNumber, IdempotencyKey, Note, Operator, ProviderReference};
 use crate::model::{
     EventKind, EvidenceSource, Finding, Outcome, Resolution, UnknownReason, check_range,
 };
-use crate::model::{PaymentState, Phase, Rejection, Verdict};
+use crate::model::{PaymentState, Phase, PrimaryKind, Rejection, Verdict};
 use crate::provider::{ChargeRequest, Provider};
 
 use super::replies::{Begin, ChargeReport, EvidenceOutcome};
@@ -32,14 +33,69 @@ impl Ledger {
     /// [`Error::ReadOnly`], [`Error::IndexFailed`], journal errors. A reused key or a key
     /// awaiting reconciliation is not an error but a [`Begin`] variant.
     pub fn begin(&self, key: &IdempotencyKey, intent: &Intent) -> Result<Begin> {
+        self.begin_primary(key, intent, PrimaryKind::Purchase)
+    }
+
+    /// The gate for an authorisation: as [`Ledger::begin`], but the key's intent is recorded as
+    /// a hold (`AuthorizationRecorded`), to be captured ([`Ledger::begin_operation`] with
+    /// [`OperationKind::Capture`](crate::OperationKind::Capture)) or voided later; a success
+    /// recorded for its ticket means authorised. The same key may never be used for a
+    /// purchase ([`Begin::KeyReused`]).
+    ///
+    /// ```
+    /// use payledger::*;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let (ledger, _) = Ledger::open(dir.path(), LedgerConfig::default())?;
+    /// let key = IdempotencyKey::new("order-7/hold")?;
+    /// let intent = Intent {
+    ///     amount: Amount::new(10_000)?,
+    ///     currency: Currency::new("EUR")?,
+    ///     account: AccountId::new("acct_1")?,
+    ///     customer: CustomerRef::new("cus_1")?,
+    ///     description: None,
+    ///     metadata: Metadata::default(),
+    /// };
+    /// let Begin::Attempt(ticket) = ledger.begin_authorization(&key, &intent, true)? else {
+    ///     unreachable!("a new key")
+    /// };
+    /// // Authorise with the provider under ticket.provider_reference(), then:
+    /// let authorised = Outcome::Succeeded { transaction_id: TransactionId::new("auth_1")?, amount: intent.amount };
+    /// ledger.record(ticket, authorised)?;
+    /// assert_eq!(ledger.state(&key)?.map(|s| s.sums().authorized), Some(10_000));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Ledger::begin`].
+    pub fn begin_authorization(
+        &self,
+        key: &IdempotencyKey,
+        intent: &Intent,
+        multiple_captures: bool,
+    ) -> Result<Begin> {
+        self.begin_primary(
+            key,
+            intent,
+            PrimaryKind::Authorization { multiple_captures },
+        )
+    }
+
+    fn begin_primary(
+        &self,
+        key: &IdempotencyKey,
+        intent: &Intent,
+        primary: PrimaryKind,
+    ) -> Result<Begin> {
         let span = tracing::debug_span!("begin", key = %key, attempt = tracing::field::Empty, provider_reference = tracing::field::Empty);
         let _enter = span.enter();
         let started = Instant::now();
         self.writable()?;
+        let request = Request { intent, primary };
         let decision =
             self.inner
                 .gate
-                .admit(self, key, intent, self.now(), self.monotonic_now())?;
+                .admit(self, key, &request, self.now(), self.monotonic_now())?;
         let begin = decision.map_attempt(|started| {
             span.record("attempt", started.attempt.get());
             span.record("provider_reference", started.provider_reference.as_str());
@@ -240,7 +296,9 @@ impl Ledger {
         })
     }
 
-    /// Records a webhook or settlement line about the attempt sent with `reference`.
+    /// Records a webhook or settlement line about the attempt sent with `reference`: one of the
+    /// key's charge attempts, or an attempt of one of its captures, voids or refunds (`Charged`
+    /// then means executed).
     ///
     /// # Errors
     /// Journal or index errors; [`Error::Rejected`] for evidence about an attempt that never
@@ -266,6 +324,16 @@ impl Ledger {
         let Some(state) = entry.as_ref().map(|e| e.state.clone()) else {
             return Ok(EvidenceOutcome::UnknownReference);
         };
+        if let Some(outcome) = self.operation_evidence(
+            &key,
+            entry.as_ref(),
+            &state,
+            reference,
+            source,
+            finding.clone(),
+        )? {
+            return Ok(outcome);
+        }
         let (_, outcome) =
             self.record_finding(&key, entry.as_ref(), &state, attempt, source, finding)?;
         Ok(outcome)

@@ -56,6 +56,7 @@ mod alerts;
 mod api;
 mod config;
 mod open;
+mod operations;
 mod query;
 mod reconciliation;
 mod replay;
@@ -77,10 +78,12 @@ use crate::model::{Event, EventKind};
 
 pub use alerts::{Alert, AlertThresholds};
 pub use config::LedgerConfig;
+pub use operations::OperationBegin;
 pub use replies::{
     Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry, IndexRecovery, OpenReport,
+    OperationHealth,
 };
-pub use ticket::Ticket;
+pub use ticket::{OperationTicket, Ticket};
 
 #[derive(Debug)]
 struct Inner {
@@ -88,10 +91,13 @@ struct Inner {
     index: LiveIndex,
     config: LedgerConfig,
     gate: KeyGate,
-    /// Since when this process has waited for each unknown attempt, on the monotonic clock.
-    unknown_since: Mutex<HashMap<IdempotencyKey, UnknownWait>>,
+    /// Since when this process has waited for each unknown attempt (of a key's primary or of
+    /// one of its operations), on the monotonic clock.
+    unknown_since: Mutex<HashMap<(IdempotencyKey, Track), UnknownWait>>,
     /// Where the reconciler's scan of in-flight keys resumes, so every key gets its turn.
     in_flight_cursor: Mutex<Option<IdempotencyKey>>,
+    /// Live tickets of operations: (key, ordinal) → the attempt and when its ticket was issued.
+    operations_live: Mutex<HashMap<(IdempotencyKey, u32), (AttemptNumber, MonotonicMillis)>>,
 }
 
 impl Inner {
@@ -104,8 +110,17 @@ impl Inner {
             gate: KeyGate::new(),
             unknown_since: Mutex::new(HashMap::new()),
             in_flight_cursor: Mutex::new(None),
+            operations_live: Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// Which of a key's tracks an attempt belongs to: its primary (the charge or authorisation) or
+/// the operation with an ordinal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Track {
+    Primary,
+    Operation(u32),
 }
 
 /// How long the ledger has waited for one unknown attempt: what earlier processes recorded,

@@ -132,7 +132,7 @@ impl Ledger {
         let orphaned_attempts = if ledger.inner.config.read_only {
             0
         } else {
-            ledger.settle_orphans()?
+            ledger.settle_orphans()? + ledger.settle_orphan_operations()?
         };
         ledger.watch_unknown_from_open()?;
         tracing::info!(
@@ -210,26 +210,36 @@ impl Ledger {
         Ok(count)
     }
 
+    /// Operations a previous process left in flight become unknown.
+    fn settle_orphan_operations(&self) -> Result<usize> {
+        let mut count = 0;
+        loop {
+            let settled = self.take_over_operations(LIST_LIMIT_MAX, true)?;
+            if settled == 0 {
+                return Ok(count);
+            }
+            count += settled;
+        }
+    }
+
     /// This process waits for every attempt that is unknown when it opens, from now on, on top
     /// of the wait earlier processes recorded: the time the ledger was down is never counted,
     /// the time it is up always is.
     fn watch_unknown_from_open(&self) -> Result<()> {
-        let mut after: Option<IdempotencyKey> = None;
-        loop {
-            let states = self.list(PhaseKind::Unknown, after.as_ref(), LIST_LIMIT_MAX)?;
-            let Some(last) = states.last().map(|s| s.key.clone()) else {
-                return Ok(());
-            };
-            for state in &states {
-                if let Phase::Unknown {
-                    attempt, waited_ms, ..
-                } = state.phase
-                {
-                    self.unknown_wait(&state.key, attempt, waited_ms);
+        for list in [PhaseKind::Unknown, PhaseKind::OperationUnknown] {
+            let mut after: Option<IdempotencyKey> = None;
+            loop {
+                let states = self.list(list, after.as_ref(), LIST_LIMIT_MAX)?;
+                let Some(last) = states.last().map(|s| s.key.clone()) else {
+                    break;
+                };
+                for state in &states {
+                    self.watch_unknown(state);
                 }
+                after = Some(last);
             }
-            after = Some(last);
         }
+        Ok(())
     }
 
     /// What an attempt orphaned by a previous process becomes: unknown.

@@ -15,7 +15,7 @@ use crate::model::{IdempotencyKey, UnixMillis};
 use crate::model::{PaymentState, Phase, PhaseKind};
 
 use super::Ledger;
-use super::replies::{Health, HistoryEntry};
+use super::replies::{Health, HistoryEntry, OperationHealth};
 
 /// How long `health` waits for the index applier to reflect what is durable.
 const HEALTH_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -109,8 +109,7 @@ impl Ledger {
         for key in keys {
             // A key written since the list was read may have left the phase.
             if let Some(entry) = self.inner.index.get(&key)?
-                && (entry.state.phase.kind() == phase
-                    || (phase == PhaseKind::Conflict && entry.state.conflict.is_some()))
+                && entry.state.listed_as().contains(&phase)
             {
                 states.push(entry.state);
             }
@@ -137,6 +136,57 @@ impl Ledger {
             after = Some(last);
         }
         Ok(oldest)
+    }
+
+    /// Operations in doubt, by kind: from the keys listed with an unknown, in-review or
+    /// conflicting operation.
+    fn operation_health(&self, now: UnixMillis) -> Result<Vec<OperationHealth>> {
+        let mut by_kind: Vec<OperationHealth> = Vec::new();
+        for list in [
+            PhaseKind::OperationUnknown,
+            PhaseKind::OperationInReview,
+            PhaseKind::OperationConflict,
+        ] {
+            let mut after = None;
+            loop {
+                let states = self.list_applied(list, after.as_ref(), LIST_LIMIT_MAX)?;
+                let Some(last) = states.last().map(|s| s.key.clone()) else {
+                    break;
+                };
+                for op in states.iter().flat_map(|s| &s.operations) {
+                    if PhaseKind::of_operation(&op.phase) != Some(list) {
+                        continue;
+                    }
+                    let i = match by_kind.iter().position(|h| h.kind == op.kind) {
+                        Some(i) => i,
+                        None => {
+                            by_kind.push(OperationHealth {
+                                kind: op.kind,
+                                unknown: 0,
+                                in_review: 0,
+                                conflict: 0,
+                                unknown_age_ms_max: None,
+                            });
+                            by_kind.len() - 1
+                        }
+                    };
+                    let health = &mut by_kind[i];
+                    match &op.phase {
+                        Phase::Unknown { since, .. } => {
+                            health.unknown += 1;
+                            let age = now.since(*since);
+                            health.unknown_age_ms_max =
+                                Some(health.unknown_age_ms_max.map_or(age, |a| a.max(age)));
+                        }
+                        Phase::InReview { .. } => health.in_review += 1,
+                        _ => health.conflict += 1,
+                    }
+                }
+                after = Some(last);
+            }
+        }
+        by_kind.sort_by_key(|h| h.kind);
+        Ok(by_kind)
     }
 
     /// Counts and ages to alert on. Counts come from the applied index: exact once the applier
@@ -172,7 +222,9 @@ impl Ledger {
                 oldest_unknown = Some(oldest_unknown.map_or(*since, |o| o.min(*since)));
             }
         }
+        let operations = self.operation_health(now)?;
         Ok(Health {
+            operations,
             unknown: index.count(PhaseKind::Unknown) + unwritten_in_flight,
             unknown_age_ms_max: oldest_unknown.map(|since| now.since(since)),
             in_flight: index

@@ -18,7 +18,7 @@ use crate::model::{EventKind, Outcome, ReviewReason, UnknownReason};
 use crate::model::{Phase, PhaseKind};
 use crate::provider::QueryReply;
 
-use super::Ledger;
+use super::{Ledger, Track};
 use crate::sync::lock;
 
 impl Ledger {
@@ -47,7 +47,7 @@ impl Ledger {
         // Waited until the query was sent: what earlier processes recorded plus this process's
         // monotonic wait; nothing while the attempt cannot be tracked.
         let waited_ms = self
-            .unknown_wait(key, attempt, *before_ms)
+            .unknown_wait(key, Track::Primary, attempt, *before_ms)
             .map_or(0, |wait| wait.before_ms + asked_at.since(wait.since));
         let answer = reply.classify(self.inner.config.reconcile.not_found(), waited_ms);
         let event = self.event(key, EventKind::ProviderQueried { attempt, answer });

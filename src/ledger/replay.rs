@@ -106,7 +106,7 @@ pub(super) fn catch_up(
             position: record.position,
         });
         let after = IndexEntry {
-            next_query_at: reconcile.next_query_at(&event.key, &state.phase, event.at),
+            next_query_at: reconcile.next_query_at_state(&state, event.at),
             state,
             last_sequence: record.sequence,
             events,

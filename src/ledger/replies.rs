@@ -8,7 +8,7 @@ use crate::error::FatalCause;
 use crate::journal::{JournalStats, RecoveryReport};
 use crate::model::Sequence;
 use crate::model::{Decision, Phase};
-use crate::model::{Event, Outcome};
+use crate::model::{Event, OperationKind, Outcome};
 
 use super::Ticket;
 
@@ -116,4 +116,21 @@ pub struct Health {
     /// The failure that stopped the ledger (the journal's first failed write or sync, or the
     /// index's first failed update), if one did: every call fails until it is reopened.
     pub fatal: Option<FatalCause>,
+    /// Captures, voids and refunds in doubt, by kind (only kinds with any).
+    pub operations: Vec<OperationHealth>,
+}
+
+/// Captures, voids or refunds of one kind that are in doubt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperationHealth {
+    /// The kind.
+    pub kind: OperationKind,
+    /// Operations whose outcome is unknown.
+    pub unknown: usize,
+    /// Operations in manual review.
+    pub in_review: usize,
+    /// Operations in conflict (evidence contradicted them, or broke a bound).
+    pub conflict: usize,
+    /// Age of the oldest unknown one, in milliseconds.
+    pub unknown_age_ms_max: Option<u64>,
 }

@@ -13,10 +13,10 @@ use crate::index::{IndexEntry, KeyUpdate, Listing, StoredEvent};
 use crate::journal::codec::encode_event;
 use crate::limits::UNKNOWN_WAITS_MAX;
 use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference, Sequence, UnixMillis};
-use crate::model::{Event, EventKind};
+use crate::model::{Event, EventKind, OperationStep};
 use crate::model::{PaymentState, Phase, apply};
 
-use super::{Ledger, UnknownWait};
+use super::{Ledger, Track, UnknownWait};
 use crate::sync::lock;
 
 impl Ledger {
@@ -45,7 +45,7 @@ impl Ledger {
             .inner
             .config
             .reconcile
-            .next_query_at(key, &state.phase, last_at);
+            .next_query_at_state(&state, last_at);
         let new_references: Vec<ProviderReference> =
             events.iter().filter_map(started_reference).collect();
         let appended = self.inner.journal.append_chained(payloads)?;
@@ -75,42 +75,56 @@ impl Ledger {
             .submit(update, first, last, appended.chain_head);
         debug_assert_eq!(last.0 - first.0 + 1, events.len() as u64);
         debug_assert_eq!(appended.positions.len(), events.len());
-        self.watch_unknown(key, &after.state.phase);
+        self.watch_unknown(&after.state);
         Ok(after)
     }
 
-    /// Starts (or ends) the monotonic wait of `key`'s unknown attempt: from the moment it
-    /// became unknown in this process, on top of what earlier processes recorded.
-    fn watch_unknown(&self, key: &IdempotencyKey, phase: &Phase) {
+    /// Starts (or ends) the monotonic waits of `state`'s unknown attempts, its primary's and its
+    /// operations': from the moment each became unknown in this process, on top of what earlier
+    /// processes recorded.
+    pub(super) fn watch_unknown(&self, state: &PaymentState) {
+        self.watch_track(&state.key, Track::Primary, &state.phase);
+        for operation in &state.operations {
+            self.watch_track(
+                &state.key,
+                Track::Operation(operation.ordinal),
+                &operation.phase,
+            );
+        }
+    }
+
+    fn watch_track(&self, key: &IdempotencyKey, track: Track, phase: &Phase) {
         match phase {
             Phase::Unknown {
                 attempt, waited_ms, ..
             } => {
-                self.unknown_wait(key, *attempt, *waited_ms);
+                self.unknown_wait(key, track, *attempt, *waited_ms);
             }
             _ => {
-                lock(&self.inner.unknown_since).remove(key);
+                lock(&self.inner.unknown_since).remove(&(key.clone(), track));
             }
         }
     }
 
-    /// The wait of `key`'s unknown `attempt`, starting to watch it now (on top of `before_ms`
-    /// recorded by earlier processes) if this process was not watching it yet. `None` when too
-    /// many waits are tracked: the attempt is then never trusted "not found" until there is
-    /// room, which is safe.
+    /// The wait of `key`'s unknown `attempt` on `track`, starting to watch it now (on top of
+    /// `before_ms` recorded by earlier processes) if this process was not watching it yet. `None`
+    /// when too many waits are tracked: the attempt is then never trusted "not found" until
+    /// there is room, which is safe.
     pub(super) fn unknown_wait(
         &self,
         key: &IdempotencyKey,
+        track: Track,
         attempt: AttemptNumber,
         before_ms: u64,
     ) -> Option<UnknownWait> {
         let mut waits = lock(&self.inner.unknown_since);
-        if let Some(wait) = waits.get(key)
+        let id = (key.clone(), track);
+        if let Some(wait) = waits.get(&id)
             && wait.attempt == attempt
         {
             return Some(*wait);
         }
-        if waits.len() >= UNKNOWN_WAITS_MAX && !waits.contains_key(key) {
+        if waits.len() >= UNKNOWN_WAITS_MAX && !waits.contains_key(&id) {
             return None;
         }
         let wait = UnknownWait {
@@ -118,7 +132,7 @@ impl Ledger {
             before_ms,
             since: self.monotonic_now(),
         };
-        waits.insert(key.clone(), wait);
+        waits.insert(id, wait);
         Some(wait)
     }
 
@@ -144,11 +158,18 @@ impl Ledger {
     }
 }
 
-/// The provider reference an `AttemptStarted` event issues.
+/// The provider reference an attempt's start issues (of the key's charge or of an operation).
 pub(super) fn started_reference(event: &Event) -> Option<ProviderReference> {
     match &event.kind {
         EventKind::AttemptStarted {
             provider_reference, ..
+        }
+        | EventKind::OperationStepped {
+            step:
+                OperationStep::AttemptStarted {
+                    provider_reference, ..
+                },
+            ..
         } => Some(provider_reference.clone()),
         _ => None,
     }

@@ -258,35 +258,36 @@ impl PaymentState {
                 attempt: conflict.attempt,
             };
         }
-        match &self.phase {
-            Phase::Vacant => Decision::Attempt(AttemptPlan {
-                attempt: AttemptNumber::FIRST,
-                record_intent: true,
-            }),
-            Phase::Ready { next_attempt } => Decision::Attempt(AttemptPlan {
-                attempt: *next_attempt,
-                record_intent: false,
-            }),
-            Phase::InFlight { attempt, .. } => Decision::InFlight { attempt: *attempt },
-            Phase::Unknown { attempt, .. } => {
-                Decision::AwaitingReconciliation { attempt: *attempt }
-            }
-            Phase::InReview { attempt, .. } => Decision::InReview { attempt: *attempt },
-            Phase::Succeeded {
-                attempt,
-                transaction_id,
-                amount,
-            } => Decision::AlreadySucceeded {
-                attempt: *attempt,
-                transaction_id: transaction_id.clone(),
-                amount: *amount,
-            },
-            Phase::Declined { attempt, code } => Decision::AlreadyDeclined {
-                attempt: *attempt,
-                code: code.clone(),
-            },
-            Phase::Exhausted { attempt } => Decision::AttemptsExhausted { attempt: *attempt },
-            Phase::Conflict { attempt, .. } => Decision::InConflict { attempt: *attempt },
-        }
+        decide_phase(&self.phase, |attempt| AttemptPlan {
+            attempt,
+            record_intent: matches!(self.phase, Phase::Vacant),
+        })
+    }
+}
+
+/// What a track in `phase` answers a caller: an attempt (`plan` of the attempt to start, the
+/// first for a vacant track, the next for a ready one), or the answer its phase stands for.
+pub(super) fn decide_phase<P>(phase: &Phase, plan: impl FnOnce(AttemptNumber) -> P) -> Decision<P> {
+    match phase {
+        Phase::Vacant => Decision::Attempt(plan(AttemptNumber::FIRST)),
+        Phase::Ready { next_attempt } => Decision::Attempt(plan(*next_attempt)),
+        Phase::InFlight { attempt, .. } => Decision::InFlight { attempt: *attempt },
+        Phase::Unknown { attempt, .. } => Decision::AwaitingReconciliation { attempt: *attempt },
+        Phase::InReview { attempt, .. } => Decision::InReview { attempt: *attempt },
+        Phase::Succeeded {
+            attempt,
+            transaction_id,
+            amount,
+        } => Decision::AlreadySucceeded {
+            attempt: *attempt,
+            transaction_id: transaction_id.clone(),
+            amount: *amount,
+        },
+        Phase::Declined { attempt, code } => Decision::AlreadyDeclined {
+            attempt: *attempt,
+            code: code.clone(),
+        },
+        Phase::Exhausted { attempt } => Decision::AttemptsExhausted { attempt: *attempt },
+        Phase::Conflict { attempt, .. } => Decision::InConflict { attempt: *attempt },
     }
 }

@@ -10,8 +10,9 @@ use super::input::{InputError, check_range};
 use super::intent::{Fingerprint, Intent};
 use super::key::{
     Amount, AttemptNumber, DeclineCode, IdempotencyKey, Note, Operator, ProviderReference,
-    TransactionId, UnixMillis,
+    RequestId, TransactionId, UnixMillis,
 };
+use super::operation::{OperationKind, OperationStep};
 use crate::limits::{
     CLOCK_SKEW_MARGIN_MS_MAX, NOT_FOUND_ANSWERS_MIN, QUERIES_MAX, VISIBILITY_DELAY_MS_MAX,
     VISIBILITY_DELAY_MS_MIN,
@@ -96,6 +97,36 @@ pub enum EventKind {
         source: EvidenceSource,
         /// What it says.
         finding: Finding,
+    },
+    /// The caller asked for an authorisation (a hold, captured or voided later) under this key:
+    /// the key's first event, as `IntentRecorded` is for a purchase. Its attempts are the
+    /// charge's (`AttemptStarted` ...); a success means authorised.
+    AuthorizationRecorded {
+        /// The request.
+        intent: Intent,
+        /// [`Intent::authorization_fingerprint`].
+        fingerprint: Fingerprint,
+        /// Several partial captures may be taken (else one).
+        multiple_captures: bool,
+    },
+    /// A capture, void or refund was requested: it counts against its budget from now on.
+    OperationRequested {
+        /// Its ordinal within the key, from 1, without gaps.
+        ordinal: u32,
+        /// What it does.
+        kind: OperationKind,
+        /// The caller's id for it.
+        request_id: RequestId,
+        /// Its amount, in the key's currency.
+        amount: Amount,
+    },
+    /// A step of a capture, void or refund: the facts of a charge attempt, about the
+    /// operation's own attempts.
+    OperationStepped {
+        /// The operation.
+        ordinal: u32,
+        /// What happened.
+        step: OperationStep,
     },
 }
 
@@ -373,10 +404,14 @@ pub enum Resolution {
 }
 
 impl EventKind {
-    /// The attempt the event is about, if any.
+    /// The attempt of the key's own charge (or authorisation) the event is about, if any;
+    /// operations' attempts are their own ([`OperationStep::attempt`]).
     pub fn attempt(&self) -> Option<AttemptNumber> {
         match self {
-            EventKind::IntentRecorded { .. } => None,
+            EventKind::IntentRecorded { .. }
+            | EventKind::AuthorizationRecorded { .. }
+            | EventKind::OperationRequested { .. }
+            | EventKind::OperationStepped { .. } => None,
             EventKind::AttemptStarted { attempt, .. }
             | EventKind::OutcomeReported { attempt, .. }
             | EventKind::ProviderQueried { attempt, .. }
@@ -398,6 +433,17 @@ impl EventKind {
             EventKind::EscalatedToReview { .. } => "escalated to review",
             EventKind::ResolvedByOperator { .. } => "resolved by operator",
             EventKind::ConflictDetected { .. } => "conflict detected",
+            EventKind::AuthorizationRecorded { .. } => "authorization recorded",
+            EventKind::OperationRequested { .. } => "operation requested",
+            EventKind::OperationStepped { step, .. } => match step {
+                OperationStep::AttemptStarted { .. } => "operation attempt started",
+                OperationStep::OutcomeReported { .. } => "operation outcome reported",
+                OperationStep::ProviderQueried { .. } => "operation provider queried",
+                OperationStep::EvidenceReceived { .. } => "operation evidence received",
+                OperationStep::EscalatedToReview { .. } => "operation escalated to review",
+                OperationStep::ResolvedByOperator { .. } => "operation resolved by operator",
+                OperationStep::ConflictDetected { .. } => "operation conflict detected",
+            },
         }
     }
 }

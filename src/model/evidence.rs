@@ -1,7 +1,8 @@
 //! Weighing evidence (a webhook, a settlement line, a late reply) against a key's state.
 //!
 //! Invariant: evidence either agrees, settles the attempt in doubt, or contradicts; a
-//! contradiction is never absorbed, it must be recorded as a conflict.
+//! contradiction is never absorbed, it must be recorded as a conflict. A charge the key already
+//! holds (same attempt, transaction and amount) always agrees: an echo is never a new conflict.
 
 use super::event::Finding;
 use super::key::AttemptNumber;
@@ -33,6 +34,18 @@ impl PaymentState {
             return Err(RejectionReason::UnknownAttempt {
                 attempt: attempt.get(),
             });
+        }
+        // A charge the key already holds (an echo: a duplicate webhook, another settlement line)
+        // tells nothing new, whatever the phase.
+        if let Finding::Charged {
+            transaction_id,
+            amount,
+        } = finding
+            && self.charges.iter().any(|c| {
+                c.attempt == attempt && c.transaction_id == *transaction_id && c.amount == *amount
+            })
+        {
+            return Ok(Verdict::Agrees);
         }
         let current = self.phase.possibly_charged() == Some(attempt);
         let verdict = match (&self.phase, finding) {

@@ -36,12 +36,13 @@
 //! in the answer, measured by the ledger on its monotonic clock, so the fold needs no clock.
 
 use super::event::{
-    Event, EventKind, EvidenceSource, NotFoundPolicy, Outcome, QueryAnswer, Resolution,
+    Event, EventKind, EvidenceSource, Finding, NotFoundPolicy, Outcome, QueryAnswer, Resolution,
     ReviewReason,
 };
 use super::evidence::Verdict;
 use super::intent::{Fingerprint, Intent};
 use super::key::{AttemptNumber, IdempotencyKey, ProviderReference, UnixMillis};
+use super::operation::{Charge, PrimaryKind, request_operation, step_operation};
 use super::rejection::{Rejection, RejectionReason};
 use super::state::{Contradiction, IntentSummary, PaymentState, Phase};
 
@@ -74,12 +75,107 @@ pub fn apply(state: &PaymentState, event: &Event) -> Result<PaymentState, Reject
     if event.key != state.key {
         return Err(reject(RejectionReason::KeyMismatch));
     }
-    let next = next_state(state, event).map_err(reject)?;
-    Ok(settle_beside_conflict(next))
+    let next = match &event.kind {
+        EventKind::AuthorizationRecorded {
+            intent,
+            fingerprint,
+            multiple_captures,
+        } => record_authorization(state, intent, fingerprint, *multiple_captures, event.at),
+        EventKind::OperationRequested {
+            ordinal,
+            kind,
+            request_id,
+            amount,
+        } => request_operation(state, *ordinal, *kind, request_id, *amount, event.at),
+        EventKind::OperationStepped { ordinal, step } => {
+            step_operation(state, *ordinal, step, event.at)
+        }
+        // Charges are recorded before a contradiction beside the attempt takes the phase: an
+        // attempt that succeeds beside a conflict is money the customer paid too.
+        _ => next_state(state, event, true)
+            .map(|next| with_charges(next, &event.kind))
+            .map(settle_beside_conflict),
+    };
+    next.map_err(reject)
+}
+
+/// The state after a charge event: the charge's rules (for the key's own attempts when
+/// `primary`, else for an operation seen as a charge, whose provider reference the caller has
+/// checked), and a contradiction beside an open attempt settled once that attempt is.
+pub(super) fn next_track(
+    state: &PaymentState,
+    event: &Event,
+    primary: bool,
+) -> Result<PaymentState, RejectionReason> {
+    next_state(state, event, primary).map(settle_beside_conflict)
+}
+
+/// Records every charge the state now shows for a purchase (its success, the charge a conflict
+/// is about, including a conflict found while the key was already in conflict), once: what the
+/// key's refunds may give back.
+fn with_charges(mut next: PaymentState, kind: &EventKind) -> PaymentState {
+    if next.primary != PrimaryKind::Purchase {
+        return next;
+    }
+    let mut found: Vec<Charge> = Vec::new();
+    if let Phase::Succeeded {
+        attempt,
+        transaction_id,
+        amount,
+    } = &next.phase
+    {
+        found.push(Charge {
+            attempt: *attempt,
+            transaction_id: transaction_id.clone(),
+            amount: *amount,
+        });
+    }
+    let contradictions = [
+        match &next.phase {
+            Phase::Conflict {
+                attempt, finding, ..
+            } => Some((*attempt, finding)),
+            _ => None,
+        },
+        next.conflict.as_ref().map(|c| (c.attempt, &c.finding)),
+        match kind {
+            EventKind::ConflictDetected {
+                attempt, finding, ..
+            } => Some((*attempt, finding)),
+            _ => None,
+        },
+    ];
+    for (attempt, finding) in contradictions.into_iter().flatten() {
+        if let Finding::Charged {
+            transaction_id,
+            amount,
+        } = finding
+        {
+            found.push(Charge {
+                attempt,
+                transaction_id: transaction_id.clone(),
+                amount: *amount,
+            });
+        }
+    }
+    for charge in found {
+        let known = next
+            .charges
+            .iter()
+            .any(|c| c.attempt == charge.attempt && c.transaction_id == charge.transaction_id);
+        if !known {
+            next.charges.push(charge);
+        }
+    }
+    next
 }
 
 /// The state after `event`, one rule per event kind.
-fn next_state(state: &PaymentState, event: &Event) -> Result<PaymentState, RejectionReason> {
+fn next_state(
+    state: &PaymentState,
+    event: &Event,
+    primary: bool,
+) -> Result<PaymentState, RejectionReason> {
     let at = event.at;
     let with_phase = |phase: Phase| {
         let mut next = state.clone();
@@ -98,12 +194,21 @@ fn next_state(state: &PaymentState, event: &Event) -> Result<PaymentState, Rejec
         (_, EventKind::IntentRecorded { .. }) => Err(RejectionReason::IntentAlreadyRecorded),
         (
             _,
+            EventKind::AuthorizationRecorded { .. }
+            | EventKind::OperationRequested { .. }
+            | EventKind::OperationStepped { .. },
+        ) => Err(RejectionReason::NotAnOperationEvent),
+        (
+            _,
             EventKind::AttemptStarted {
                 attempt,
                 provider_reference,
             },
         ) => {
-            let phase = start_attempt(state, *attempt, provider_reference, at)?;
+            if primary && *provider_reference != ProviderReference::derive(&state.key, *attempt) {
+                return Err(RejectionReason::ProviderReferenceMismatch);
+            }
+            let phase = start_attempt(state, *attempt, at)?;
             let mut next = with_phase(phase);
             next.attempts_started = attempt.get();
             Ok(next)
@@ -188,6 +293,33 @@ fn record_intent(
     Ok(next)
 }
 
+fn record_authorization(
+    state: &PaymentState,
+    intent: &Intent,
+    fingerprint: &Fingerprint,
+    multiple_captures: bool,
+    at: UnixMillis,
+) -> Result<PaymentState, RejectionReason> {
+    if !matches!(state.phase, Phase::Vacant) {
+        return Err(RejectionReason::IntentAlreadyRecorded);
+    }
+    if intent.authorization_fingerprint() != *fingerprint {
+        return Err(RejectionReason::FingerprintMismatch);
+    }
+    let mut next = state.clone();
+    next.intent = Some(IntentSummary {
+        fingerprint: *fingerprint,
+        amount: intent.amount,
+        currency: intent.currency,
+        recorded_at: at,
+    });
+    next.primary = PrimaryKind::Authorization { multiple_captures };
+    next.phase = Phase::Ready {
+        next_attempt: AttemptNumber::FIRST,
+    };
+    Ok(next)
+}
+
 fn conflict_detected(
     state: &PaymentState,
     contradiction: Contradiction,
@@ -238,7 +370,6 @@ fn escalated(
 fn start_attempt(
     state: &PaymentState,
     attempt: AttemptNumber,
-    provider_reference: &ProviderReference,
     at: UnixMillis,
 ) -> Result<Phase, RejectionReason> {
     match &state.phase {
@@ -248,9 +379,6 @@ fn start_attempt(
                     expected: next_attempt.get(),
                     got: attempt.get(),
                 });
-            }
-            if *provider_reference != ProviderReference::derive(&state.key, attempt) {
-                return Err(RejectionReason::ProviderReferenceMismatch);
             }
             Ok(Phase::InFlight {
                 attempt,

@@ -148,6 +148,16 @@ impl Intent {
         }
         Fingerprint(*hasher.finalize().as_bytes())
     }
+
+    /// The fingerprint of this intent requested as an authorisation (a hold to capture later):
+    /// distinct from [`Intent::fingerprint`], so a key recorded as a purchase is never reused for
+    /// an authorisation, nor the other way round.
+    pub fn authorization_fingerprint(&self) -> Fingerprint {
+        let mut hasher =
+            blake3::Hasher::new_derive_key("payledger 2026-11 authorization fingerprint v1");
+        hasher.update(&self.fingerprint().0);
+        Fingerprint(*hasher.finalize().as_bytes())
+    }
 }
 
 fn put_str(put: &mut impl FnMut(&[u8]), s: &str) {

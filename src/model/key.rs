@@ -12,7 +12,7 @@ use super::input::{InputError, check_identifier, check_len, check_text};
 use crate::limits::{
     ACCOUNT_ID_LEN_MAX, AMOUNT_MINOR_MAX, ATTEMPTS_MAX, CURRENCY_LEN, CUSTOMER_REF_LEN_MAX,
     DECLINE_CODE_LEN_MAX, DESCRIPTION_LEN_MAX, IDEMPOTENCY_KEY_LEN_MAX, NOTE_LEN_MAX,
-    OPERATOR_LEN_MAX, PROVIDER_REFERENCE_LEN_MAX, TRANSACTION_ID_LEN_MAX,
+    OPERATOR_LEN_MAX, PROVIDER_REFERENCE_LEN_MAX, REQUEST_ID_LEN_MAX, TRANSACTION_ID_LEN_MAX,
 };
 
 /// Declares a validated string newtype: constructor, accessors, `Display`, and serde through
@@ -109,6 +109,11 @@ string_newtype!(
     Note, "note", check_text, 0, NOTE_LEN_MAX
 );
 string_newtype!(
+    /// The caller's id for one capture, void or refund of a key (a merchant's refund id, say):
+    /// it names exactly one operation of the key forever. 1 to 128 bytes of visible ASCII.
+    RequestId, "request id", check_identifier, 1, REQUEST_ID_LEN_MAX
+);
+string_newtype!(
     /// The reference sent to the provider for one attempt, usable as the provider's own
     /// idempotency key. Derived by [`ProviderReference::derive`]; at most 64 characters.
     ProviderReference, "provider reference", check_identifier, 1, PROVIDER_REFERENCE_LEN_MAX
@@ -135,6 +140,40 @@ impl ProviderReference {
         hasher.update(&attempt.get().to_le_bytes());
         let hex = hasher.finalize().to_hex();
         let text = format!("pl_{}_{}", &hex[..40], attempt.get());
+        debug_assert!(text.len() <= PROVIDER_REFERENCE_LEN_MAX);
+        Self(text)
+    }
+
+    /// Derives the provider reference of `attempt` of operation `ordinal` (a capture, void or
+    /// refund) of `key`: `pl` + the kind's letter (`c`, `v`, `r`) + `_` + 36 hex digits of a
+    /// blake3 keyed derivation over (key, kind, ordinal, attempt) + `_` + the attempt. Distinct
+    /// from every charge reference and every other operation's.
+    ///
+    /// ```
+    /// use payledger::{AttemptNumber, IdempotencyKey, OperationKind, ProviderReference};
+    /// let key = IdempotencyKey::new("order-1")?;
+    /// let refund = ProviderReference::derive_operation(&key, OperationKind::Refund, 1, AttemptNumber::FIRST);
+    /// assert!(refund.as_str().starts_with("plr_"));
+    /// assert_ne!(refund, ProviderReference::derive(&key, AttemptNumber::FIRST));
+    /// assert_eq!(refund.attempt(), Some(AttemptNumber::FIRST));
+    /// # Ok::<(), payledger::InputError>(())
+    /// ```
+    pub fn derive_operation(
+        key: &IdempotencyKey,
+        kind: super::operation::OperationKind,
+        ordinal: u32,
+        attempt: AttemptNumber,
+    ) -> Self {
+        let mut hasher =
+            blake3::Hasher::new_derive_key("payledger 2026-11 operation provider reference v1");
+        let key_len = u32::try_from(key.as_str().len()).unwrap_or(u32::MAX);
+        hasher.update(&key_len.to_le_bytes());
+        hasher.update(key.as_str().as_bytes());
+        hasher.update(&[kind.tag()]);
+        hasher.update(&ordinal.to_le_bytes());
+        hasher.update(&attempt.get().to_le_bytes());
+        let hex = hasher.finalize().to_hex();
+        let text = format!("pl{}_{}_{}", kind.letter(), &hex[..36], attempt.get());
         debug_assert!(text.len() <= PROVIDER_REFERENCE_LEN_MAX);
         Self(text)
     }

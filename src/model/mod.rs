@@ -8,7 +8,8 @@
 //! Files: `input.rs` (the refusal type and shared checks), `key.rs` (validated newtypes),
 //! `intent.rs` (+ fingerprint), `event.rs` (facts), `state.rs` (`PaymentState`, `Phase`),
 //! `fold.rs` (`apply`), `evidence.rs` (weighing evidence), `decide.rs` (the gate's decision),
-//! `rejection.rs` (why the fold refuses), `policy.rs` (`ReconcileConfig`).
+//! `rejection.rs` (why the fold refuses), `policy.rs` (`ReconcileConfig`), `operation.rs`
+//! (captures, voids and refunds, and the sums that bound them).
 
 mod decide;
 mod event;
@@ -17,6 +18,7 @@ mod fold;
 mod input;
 mod intent;
 mod key;
+mod operation;
 mod policy;
 mod rejection;
 mod state;
@@ -35,7 +37,11 @@ pub(crate) use input::check_range;
 pub use intent::{Fingerprint, Intent, Metadata};
 pub use key::{
     AccountId, Amount, AttemptNumber, Currency, CustomerRef, DeclineCode, Description,
-    IdempotencyKey, Note, Operator, ProviderReference, Sequence, TransactionId, UnixMillis,
+    IdempotencyKey, Note, Operator, ProviderReference, RequestId, Sequence, TransactionId,
+    UnixMillis,
+};
+pub use operation::{
+    Charge, OperationKind, OperationPlan, OperationState, OperationStep, PrimaryKind, Sums,
 };
 pub use policy::ReconcileConfig;
 pub use rejection::{Rejection, RejectionReason};

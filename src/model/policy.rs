@@ -9,7 +9,7 @@ use super::event::NotFoundPolicy;
 use super::input::InputError;
 use super::input::check_range;
 use super::key::{IdempotencyKey, UnixMillis};
-use super::state::Phase;
+use super::state::{PaymentState, Phase};
 use crate::limits::{BACKOFF_MS_MAX, QUERIES_MAX, RECONCILE_BATCH_MAX};
 
 /// How unknown outcomes are reconciled: when "not found" may be trusted, how often to ask, when
@@ -117,16 +117,47 @@ impl ReconcileConfig {
         let Phase::Unknown { queries, .. } = phase else {
             return None;
         };
+        Some(self.after_backoff(key, None, *queries, last_event_at))
+    }
+
+    /// When a key should next be queried: the earliest of its own unknown attempt's time and
+    /// each unknown operation's (whose jitter also derives from the operation's ordinal).
+    pub fn next_query_at_state(
+        &self,
+        state: &PaymentState,
+        last_event_at: UnixMillis,
+    ) -> Option<UnixMillis> {
+        let own = self.next_query_at(&state.key, &state.phase, last_event_at);
+        let operations = state.operations.iter().filter_map(|op| match &op.phase {
+            Phase::Unknown { queries, .. } => {
+                Some(self.after_backoff(&state.key, Some(op.ordinal), *queries, last_event_at))
+            }
+            _ => None,
+        });
+        own.into_iter().chain(operations).min()
+    }
+
+    /// `last_event_at` plus the backoff after `queries` answers, with its jitter.
+    fn after_backoff(
+        &self,
+        key: &IdempotencyKey,
+        ordinal: Option<u32>,
+        queries: u32,
+        last_event_at: UnixMillis,
+    ) -> UnixMillis {
         let base = self
             .backoff_ms_initial
-            .saturating_mul(1u64 << (*queries).min(32))
+            .saturating_mul(1u64 << queries.min(32))
             .min(self.backoff_ms_max);
         let mut hasher = blake3::Hasher::new();
         hasher.update(key.as_str().as_bytes());
         hasher.update(&queries.to_le_bytes());
+        if let Some(ordinal) = ordinal {
+            hasher.update(&ordinal.to_le_bytes());
+        }
         let mut word = [0u8; 8];
         word.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
         let jitter = u64::from_le_bytes(word) % (base / 4 + 1);
-        Some(last_event_at.plus_ms(base + jitter))
+        last_event_at.plus_ms(base + jitter)
     }
 }

@@ -67,6 +67,53 @@ pub enum RejectionReason {
     /// `ConflictDetected` is only for evidence that contradicts the state.
     #[error("the evidence does not contradict the recorded state")]
     NotAConflict,
+    /// Captures (executed or in doubt) may not exceed the authorised amount.
+    #[error("a capture of {requested} exceeds the {available} still capturable")]
+    OverCapture {
+        /// Authorised minus every capture not proven unexecuted.
+        available: u64,
+        /// The capture's amount.
+        requested: u64,
+    },
+    /// Refunds (executed or in doubt) may not exceed what was captured.
+    #[error("a refund of {requested} exceeds the {available} still refundable")]
+    OverRefund {
+        /// Captured minus every refund not proven unexecuted.
+        available: u64,
+        /// The refund's amount.
+        requested: u64,
+    },
+    /// The operation is not possible in the key's state.
+    #[error("a {kind} is not allowed: {why}")]
+    OperationNotAllowed {
+        /// The operation's kind.
+        kind: &'static str,
+        /// Why not.
+        why: &'static str,
+    },
+    /// A request id names one operation forever: the same id with another kind or amount.
+    #[error("the request id names operation {ordinal}, with another kind or amount")]
+    RequestIdReused {
+        /// The operation it names.
+        ordinal: u32,
+    },
+    /// Operations are numbered without gaps.
+    #[error("operation {got} requested, expected operation {expected}")]
+    OperationOutOfOrder {
+        /// The ordinal the state allows.
+        expected: u32,
+        /// The ordinal in the event.
+        got: u32,
+    },
+    /// The event names an operation that was never requested.
+    #[error("operation {ordinal} was never requested")]
+    UnknownOperation {
+        /// The ordinal in the event.
+        ordinal: u32,
+    },
+    /// The event is about an operation, but names a charge's event (or the reverse).
+    #[error("the event does not apply to an operation")]
+    NotAnOperationEvent,
     /// An operator resolution must charge the intent's amount.
     #[error("resolution amount {got} differs from the intent amount {expected}")]
     AmountMismatch {

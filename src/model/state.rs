@@ -11,6 +11,7 @@ use super::intent::Fingerprint;
 use super::key::{
     Amount, AttemptNumber, Currency, DeclineCode, IdempotencyKey, TransactionId, UnixMillis,
 };
+use super::operation::{Charge, OperationState, PrimaryKind};
 
 /// What the ledger keeps of a key's intent: enough to recognise a reused key and to check the
 /// amount of a reported charge.
@@ -133,11 +134,19 @@ pub enum PhaseKind {
     Exhausted = 7,
     /// See [`Phase::Conflict`].
     Conflict = 8,
+    /// A key with a capture, void or refund in flight.
+    OperationInFlight = 9,
+    /// A key with a capture, void or refund whose outcome is unknown.
+    OperationUnknown = 10,
+    /// A key with a capture, void or refund in manual review.
+    OperationInReview = 11,
+    /// A key with a capture, void or refund in conflict.
+    OperationConflict = 12,
 }
 
 impl PhaseKind {
     /// Every kind, in order.
-    pub const ALL: [PhaseKind; 9] = [
+    pub const ALL: [PhaseKind; 13] = [
         PhaseKind::Vacant,
         PhaseKind::Ready,
         PhaseKind::InFlight,
@@ -147,6 +156,10 @@ impl PhaseKind {
         PhaseKind::Declined,
         PhaseKind::Exhausted,
         PhaseKind::Conflict,
+        PhaseKind::OperationInFlight,
+        PhaseKind::OperationUnknown,
+        PhaseKind::OperationInReview,
+        PhaseKind::OperationConflict,
     ];
 
     /// The kind's name: the one table of phase names, used by logs, errors, the CLI
@@ -162,6 +175,21 @@ impl PhaseKind {
             PhaseKind::Declined => "declined",
             PhaseKind::Exhausted => "exhausted",
             PhaseKind::Conflict => "conflict",
+            PhaseKind::OperationInFlight => "operation-in-flight",
+            PhaseKind::OperationUnknown => "operation-unknown",
+            PhaseKind::OperationInReview => "operation-in-review",
+            PhaseKind::OperationConflict => "operation-conflict",
+        }
+    }
+
+    /// The list a key with an operation in `phase` appears in, if any.
+    pub fn of_operation(phase: &Phase) -> Option<PhaseKind> {
+        match phase {
+            Phase::InFlight { .. } => Some(PhaseKind::OperationInFlight),
+            Phase::Unknown { .. } => Some(PhaseKind::OperationUnknown),
+            Phase::InReview { .. } => Some(PhaseKind::OperationInReview),
+            Phase::Conflict { .. } => Some(PhaseKind::OperationConflict),
+            _ => None,
         }
     }
 }
@@ -245,6 +273,13 @@ pub struct PaymentState {
     /// conflict, yet the open attempt stays in its phase (and reconciled) until evidence or an
     /// operator settles it; then the phase becomes [`Phase::Conflict`].
     pub conflict: Option<Contradiction>,
+    /// What the key's first operation was: a purchase or an authorisation.
+    pub primary: PrimaryKind,
+    /// Every charge provider evidence showed for a purchase: the one intended, and any
+    /// duplicate a conflict surfaced (refundable, so the conflict can be settled).
+    pub charges: Vec<Charge>,
+    /// Captures, voids and refunds, by ordinal.
+    pub operations: Vec<OperationState>,
 }
 
 /// Evidence that contradicted what the ledger held about an attempt.
@@ -280,6 +315,9 @@ impl PaymentState {
             attempts_started: 0,
             phase: Phase::Vacant,
             conflict: None,
+            primary: PrimaryKind::Purchase,
+            charges: Vec::new(),
+            operations: Vec::new(),
         }
     }
 

@@ -529,9 +529,20 @@ fn conflict_is_final_and_keeps_the_first_evidence() {
         queried(70, 1, found("tx_1")),
         Err(R::NotAwaitingReconciliation { attempt: 1 }),
     );
+    // An echo of a charge the key holds agrees; any other charge is a new contradiction.
     check(
         g(),
         evidence(1, charged("tx_1")),
+        Ok(conflict_phase("tx_2")),
+    );
+    check(
+        g(),
+        evidence(1, charged("tx_2")),
+        Ok(conflict_phase("tx_2")),
+    );
+    check(
+        g(),
+        evidence(1, charged("tx_3")),
         Err(R::ConflictingEvidence),
     );
     check(

@@ -20,6 +20,8 @@ pub enum Broken {
     TrustNotFoundAtOnce,
     /// Reopening forgets that orphaned attempts may have charged (marks them not sent).
     ForgetUnknownOnReplay,
+    /// The client retries a timed-out refund under a new request id.
+    RetryRefundWithNewId,
 }
 
 /// What to simulate.
@@ -63,6 +65,7 @@ impl Default for SimConfig {
 pub(super) struct Sabotage {
     pub(super) retry_with_new_key: bool,
     pub(super) trust_not_found_at_once: bool,
+    pub(super) retry_refund_with_new_id: bool,
     #[cfg(feature = "testing")]
     pub(super) forget_unknown_on_replay: bool,
 }
@@ -75,6 +78,7 @@ impl SimConfig {
                 retry_with_new_key: broken == Broken::RetryWithNewKey,
                 trust_not_found_at_once: broken == Broken::TrustNotFoundAtOnce,
                 forget_unknown_on_replay: broken == Broken::ForgetUnknownOnReplay,
+                retry_refund_with_new_id: broken == Broken::RetryRefundWithNewId,
             };
         }
         Sabotage::default()

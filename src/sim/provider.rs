@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{NotSentReason, UnknownReason};
+use crate::model::{Amount, NotSentReason, OperationKind, UnknownReason};
 use crate::model::{ProviderReference, UnixMillis};
 use crate::provider::{ChargeReply, ChargeRequest, Provider, QueryReply};
 
@@ -55,6 +55,20 @@ pub(crate) struct ProviderState {
     /// The last charge call hangs: its reply comes this long after the call, far beyond any
     /// ticket lease.
     pub hang_ms: Option<u64>,
+    /// Which order's follow-up each operation reference was sent for (told by the client).
+    pub expected: BTreeMap<String, (usize, usize)>,
+    /// Captures, voids and refunds the provider executed: reference → what.
+    pub executions: BTreeMap<String, Execution>,
+}
+
+/// A capture, void or refund the provider executed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Execution {
+    pub order: usize,
+    /// Which of the order's follow-ups the client sent it for.
+    pub follow: usize,
+    pub kind: OperationKind,
+    pub amount: u64,
 }
 
 /// What a simulated provider client "panics" with: unwound without the panic hook, so that a
@@ -68,6 +82,108 @@ pub(crate) struct SimProvider(pub Arc<Mutex<ProviderState>>);
 impl SimProvider {
     pub fn state(&self) -> MutexGuard<'_, ProviderState> {
         crate::sync::lock(&*self.0)
+    }
+
+    /// The client is about to send `reference` for follow-up `follow` of `order`.
+    pub fn expect(&self, reference: &ProviderReference, order: usize, follow: usize) {
+        self.state()
+            .expected
+            .insert(reference.as_str().to_string(), (order, follow));
+    }
+
+    /// A capture, void or refund sent with `reference`: executed at most once per reference
+    /// (the provider's own idempotency), with the charge's faults, lost replies, late and
+    /// duplicated webhooks.
+    pub fn operate(
+        &self,
+        order: usize,
+        follow: usize,
+        kind: OperationKind,
+        reference: &ProviderReference,
+        amount: Amount,
+    ) -> ChargeReply {
+        let mut s = self.state();
+        let p = s.profile.rates();
+        if s.roll(p.refused) {
+            s.fault("operation refused before processing");
+            return ChargeReply::NotSent(NotSentReason::ConnectionRefused);
+        }
+        let reference = reference.as_str().to_string();
+        if let Some(existing) = s.truth.get(&reference).cloned() {
+            return match existing {
+                Truth::Charged {
+                    transaction_id,
+                    amount,
+                    ..
+                } => ChargeReply::Charged {
+                    transaction_id,
+                    amount_minor: amount,
+                },
+                Truth::Lost { .. } => ChargeReply::Timeout,
+                Truth::Declined => ChargeReply::Declined {
+                    code: "operation_declined".into(),
+                },
+            };
+        }
+        if s.rng.random_bool(p.decline / 4.0) {
+            s.truth.insert(reference, Truth::Declined);
+            return ChargeReply::Declined {
+                code: "operation_declined".into(),
+            };
+        }
+        s.charges += 1;
+        let transaction_id = format!("{}_{:06}", &kind.name()[..2], s.charges);
+        let amount = amount.minor();
+        let lag_max = s.visibility_lag_max_ms;
+        let lag = s.rng.random_range(0..=lag_max);
+        let now = s.now;
+        s.truth.insert(
+            reference.clone(),
+            Truth::Charged {
+                transaction_id: transaction_id.clone(),
+                amount,
+                visible_at: now.plus_ms(lag),
+            },
+        );
+        s.executions.insert(
+            reference.clone(),
+            Execution {
+                order,
+                follow,
+                kind,
+                amount,
+            },
+        );
+        if s.roll(p.webhook) {
+            let copies = if s.rng.random_bool(0.2) {
+                s.fault("duplicate webhook");
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let due = now.plus_ms(s.rng.random_range(0..300_000));
+                s.pending.push(Pending {
+                    due,
+                    reference: reference.clone(),
+                    transaction_id: transaction_id.clone(),
+                    amount,
+                    settlement: false,
+                });
+            }
+        }
+        if s.roll(p.reply_lost) {
+            s.fault("operation reply lost");
+            return ChargeReply::ConnectionLost;
+        }
+        if s.roll(p.server_error_processed) {
+            s.fault("operation 5xx after processing");
+            return ChargeReply::ServerError { status: 500 };
+        }
+        ChargeReply::Charged {
+            transaction_id,
+            amount_minor: amount,
+        }
     }
 }
 

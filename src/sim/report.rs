@@ -34,6 +34,12 @@ pub struct SimReport {
     pub double_charges: u64,
     /// Orders charged twice because the provider lost a charge, each a conflict in the ledger.
     pub explained_double_charges: u64,
+    /// Conflicts settled inside the ledger by refunding the duplicate charge.
+    pub conflicts_settled: u64,
+    /// Refunds a client meant to make once that the provider executed more than once.
+    pub double_refunds: u64,
+    /// Orders the provider refunded more than it captured (or captured more than authorised).
+    pub over_refunds: u64,
     /// Acknowledged journal records missing after a crash.
     pub acknowledged_lost: u64,
     /// Keys neither settled, in review nor in conflict after healing.
@@ -92,12 +98,15 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "conflicts: {} (orders charged twice because the provider lost a charge: {})",
+            "conflicts: {} (orders charged twice because the provider lost a charge: {}; settled by refunding the duplicate: {})",
             self.final_phases.get("conflict").copied().unwrap_or(0),
-            self.explained_double_charges
+            self.explained_double_charges,
+            self.conflicts_settled
         )?;
         writeln!(f, "final states: {}", join(&self.final_phases))?;
         writeln!(f, "double charges: {}", self.double_charges)?;
+        writeln!(f, "double refunds: {}", self.double_refunds)?;
+        writeln!(f, "over-refunds: {}", self.over_refunds)?;
         writeln!(f, "acknowledged events lost: {}", self.acknowledged_lost)?;
         writeln!(f, "unresolved after heal: {}", self.unresolved_after_heal)?;
         writeln!(f, "replay: {}", self.replay)?;

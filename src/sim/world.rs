@@ -19,25 +19,59 @@ use super::report::SimReport;
 use crate::clock::{Clock, ManualClock};
 use crate::error::{Error, Result};
 use crate::journal::simdisk::{CrashMode, SimDisk};
-use crate::ledger::{Ledger, LedgerConfig, Ticket};
+use crate::ledger::{Ledger, LedgerConfig, OperationTicket, Ticket};
 use crate::limits::VISIBILITY_DELAY_MS_MIN;
 use crate::model::InputError;
 use crate::model::ReconcileConfig;
 use crate::model::{
-    AccountId, Amount, Currency, CustomerRef, IdempotencyKey, ProviderReference, TransactionId,
-    UnixMillis,
+    AccountId, Amount, Currency, CustomerRef, IdempotencyKey, OperationKind, ProviderReference,
+    RequestId, TransactionId, UnixMillis,
 };
 use crate::model::{EvidenceSource, Finding, NotFoundPolicy};
 use crate::model::{Intent, Metadata};
 use crate::provider::ChargeReply;
 use crate::reconcile::Reconciler;
 
-/// One payment the clients must get done.
+/// One payment the clients must get done, and what they do with it afterwards.
 #[derive(Debug)]
 pub(super) struct Order {
     pub(super) keys: Vec<IdempotencyKey>,
     pub(super) intent: Intent,
+    /// The primary (charge or authorisation) is settled one way or another.
     pub(super) done: bool,
+    /// An authorisation (captured or voided later), not a purchase.
+    pub(super) authorization: bool,
+    /// The primary succeeded: follow-ups may run.
+    pub(super) succeeded: bool,
+    /// Captures, voids and refunds to make once the primary succeeded, in order.
+    pub(super) follow_ups: Vec<FollowUp>,
+}
+
+/// A capture, void or refund a client means to make once.
+#[derive(Debug)]
+pub(super) struct FollowUp {
+    pub(super) kind: OperationKind,
+    pub(super) amount: Amount,
+    /// The request id the client uses (a broken client changes it on a timeout).
+    pub(super) request_id: RequestId,
+    /// Request ids used so far (a correct client uses one).
+    pub(super) ids_used: u32,
+    pub(super) done: bool,
+}
+
+impl Order {
+    /// The next follow-up to make, once the primary succeeded.
+    pub(super) fn next_follow_up(&self) -> Option<usize> {
+        if !self.succeeded {
+            return None;
+        }
+        self.follow_ups.iter().position(|f| !f.done)
+    }
+
+    /// Nothing is left to do for this order.
+    pub(super) fn finished(&self) -> bool {
+        self.done && (!self.succeeded || self.follow_ups.iter().all(|f| f.done))
+    }
 }
 
 pub(super) enum ClientState {
@@ -57,6 +91,19 @@ pub(super) enum ClientState {
         ticket: Ticket,
         reply: ChargeReply,
         until: UnixMillis,
+    },
+    /// Holds a ticket for a follow-up's attempt.
+    Operating {
+        order: usize,
+        follow: usize,
+        ticket: OperationTicket,
+    },
+    /// The follow-up's provider call replied.
+    OperationReplied {
+        order: usize,
+        follow: usize,
+        ticket: OperationTicket,
+        reply: ChargeReply,
     },
 }
 
@@ -84,6 +131,59 @@ pub(super) struct World {
     pub(super) report: SimReport,
     pub(super) reconcile: ReconcileConfig,
     pub(super) restart_needed: bool,
+}
+
+/// Order `i`: a purchase, or (one in four) an authorisation; what the client will do with it
+/// once it succeeds: refund part or all of a purchase (some), capture or void an authorisation,
+/// and refund part of a capture (some).
+fn plan_order(i: usize, rng: &mut ChaCha8Rng) -> Result<Order> {
+    let intent = order_intent(i)?;
+    let authorization = i % 4 == 3;
+    let total = intent.amount.minor();
+    let mut plans: Vec<(OperationKind, u64)> = Vec::new();
+    if authorization {
+        if rng.random_bool(0.2) {
+            plans.push((OperationKind::Void, total));
+        } else {
+            let captured = if rng.random_bool(0.3) {
+                total / 2
+            } else {
+                total
+            };
+            plans.push((OperationKind::Capture, captured));
+            if rng.random_bool(0.3) {
+                plans.push((OperationKind::Refund, captured / 2));
+            }
+        }
+    } else if rng.random_bool(0.3) {
+        let refund = if rng.random_bool(0.5) {
+            total / 2
+        } else {
+            total
+        };
+        plans.push((OperationKind::Refund, refund));
+    }
+    let follow_ups = plans
+        .into_iter()
+        .enumerate()
+        .map(|(n, (kind, amount))| {
+            Ok(FollowUp {
+                kind,
+                amount: Amount::new(amount.max(1))?,
+                request_id: RequestId::new(format!("{}-{i:05}-{n}", kind.name()))?,
+                ids_used: 1,
+                done: false,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Order {
+        keys: vec![IdempotencyKey::new(format!("order-{i:05}"))?],
+        intent,
+        done: false,
+        authorization,
+        succeeded: false,
+        follow_ups,
+    })
 }
 
 pub(super) fn order_intent(i: usize) -> Result<Intent> {
@@ -123,15 +223,11 @@ impl World {
             visibility_lag_max_ms: 30_000,
             last_call_ms: 0,
             hang_ms: None,
+            expected: BTreeMap::new(),
+            executions: BTreeMap::new(),
         })));
         let orders = (0..config.keys.max(1))
-            .map(|i| {
-                Ok(Order {
-                    keys: vec![IdempotencyKey::new(format!("order-{i:05}"))?],
-                    intent: order_intent(i)?,
-                    done: false,
-                })
-            })
+            .map(|i| plan_order(i, &mut rng))
             .collect::<Result<Vec<_>>>()?;
         let clients = (0..config.clients.max(1))
             .map(|_| ClientState::Idle)
@@ -420,6 +516,7 @@ impl World {
             self.pass_time(20_000);
             self.deliver_evidence(round > 20)?;
             self.reconcile()?;
+            self.settle_conflicts()?;
             for c in 0..self.clients.len() {
                 for _ in 0..3 {
                     self.client_step(c)?;
@@ -429,10 +526,32 @@ impl World {
                 self.crash()?;
             }
             if round > 25
-                && self.orders.iter().all(|o| o.done)
+                && self.orders.iter().all(Order::finished)
                 && self.provider.state().pending.is_empty()
             {
                 break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The operator's pass over conflicts that surfaced after their order was finished (a lost
+    /// charge found by a settlement line): the duplicate is refunded through the ledger, under the
+    /// discipline of any refund.
+    fn settle_conflicts(&mut self) -> Result<()> {
+        for order in 0..self.orders.len() {
+            if !self.orders[order].finished() {
+                continue;
+            }
+            let Some(key) = self.orders[order].keys.last().cloned() else {
+                continue;
+            };
+            let in_conflict = self
+                .ledger()?
+                .state(&key)?
+                .is_some_and(|s| matches!(s.phase, crate::model::Phase::Conflict { .. }));
+            if in_conflict {
+                self.plan_duplicate_refund(order, &key)?;
             }
         }
         Ok(())

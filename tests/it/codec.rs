@@ -37,8 +37,8 @@ fn amount() -> Amount {
 }
 
 /// One value per event variant and per variant of the enums inside them.
-pub fn every_variant() -> Vec<(&'static str, Event)> {
-    let intent = Intent {
+fn fixture_intent() -> Intent {
+    Intent {
         amount: amount(),
         currency: Currency::new("EUR").unwrap(),
         account: AccountId::new("acct_shop_7").unwrap(),
@@ -46,7 +46,11 @@ pub fn every_variant() -> Vec<(&'static str, Event)> {
         description: Some(Description::new("Order 1842 – café").unwrap()),
         metadata: Metadata::new(BTreeMap::from([("cart".to_string(), "c-77".to_string())]))
             .unwrap(),
-    };
+    }
+}
+
+pub fn every_variant() -> Vec<(&'static str, Event)> {
+    let intent = fixture_intent();
     let code = DeclineCode::new("card_declined").unwrap();
     let policy = NotFoundPolicy::new(30_000, 5_000, 3).unwrap();
     let outcome = |outcome| {
@@ -254,7 +258,110 @@ pub fn every_variant() -> Vec<(&'static str, Event)> {
                 },
             }),
         ),
+        (
+            "authorization_recorded",
+            event(EventKind::AuthorizationRecorded {
+                intent: fixture_intent(),
+                fingerprint: fixture_intent().authorization_fingerprint(),
+                multiple_captures: true,
+            }),
+        ),
+        (
+            "operation_requested_capture",
+            operation_requested(1, OperationKind::Capture, "capture-1"),
+        ),
+        (
+            "operation_requested_void",
+            operation_requested(2, OperationKind::Void, "void-1"),
+        ),
+        (
+            "operation_requested_refund",
+            operation_requested(3, OperationKind::Refund, "refund-1"),
+        ),
+        (
+            "operation_attempt_started",
+            operation_step(OperationStep::AttemptStarted {
+                attempt: a1(),
+                provider_reference: ProviderReference::derive_operation(
+                    &IdempotencyKey::new("order-1/pay").unwrap(),
+                    OperationKind::Refund,
+                    3,
+                    a1(),
+                ),
+            }),
+        ),
+        (
+            "operation_outcome_succeeded",
+            operation_step(OperationStep::OutcomeReported {
+                attempt: a1(),
+                outcome: Outcome::Succeeded {
+                    transaction_id: TransactionId::new("re_1").unwrap(),
+                    amount: amount(),
+                },
+            }),
+        ),
+        (
+            "operation_queried_not_found",
+            operation_step(OperationStep::ProviderQueried {
+                attempt: a1(),
+                answer: QueryAnswer::NotFoundAfterWait {
+                    policy: NotFoundPolicy::DEFAULT,
+                    waited_ms: 70_000,
+                },
+            }),
+        ),
+        (
+            "operation_evidence_received",
+            operation_step(OperationStep::EvidenceReceived {
+                attempt: a1(),
+                source: EvidenceSource::Webhook,
+                finding: Finding::Charged {
+                    transaction_id: TransactionId::new("re_1").unwrap(),
+                    amount: amount(),
+                },
+            }),
+        ),
+        (
+            "operation_escalated",
+            operation_step(OperationStep::EscalatedToReview {
+                attempt: a1(),
+                reason: ReviewReason::QueriesExhausted { queries: 10 },
+            }),
+        ),
+        (
+            "operation_resolved",
+            operation_step(OperationStep::ResolvedByOperator {
+                attempt: a1(),
+                resolution: Resolution::NotCharged,
+                operator: Operator::new("ops@example.com").unwrap(),
+                note: Note::new("not in the provider's refund report").unwrap(),
+            }),
+        ),
+        (
+            "operation_conflict_detected",
+            operation_step(OperationStep::ConflictDetected {
+                attempt: a1(),
+                source: EvidenceSource::Settlement,
+                finding: Finding::Charged {
+                    transaction_id: TransactionId::new("re_2").unwrap(),
+                    amount: Amount::new(9_999).unwrap(),
+                },
+            }),
+        ),
     ]
+}
+
+fn operation_requested(ordinal: u32, kind: OperationKind, request_id: &str) -> Event {
+    event(EventKind::OperationRequested {
+        ordinal,
+        kind,
+        request_id: RequestId::new(request_id).unwrap(),
+        amount: amount(),
+    })
+}
+
+fn operation_step(step: OperationStep) -> Event {
+    event(EventKind::OperationStepped { ordinal: 3, step })
 }
 
 #[test]
@@ -310,6 +417,8 @@ fn every_variant_of_every_event_enum_has_a_fixture() {
         variants_of::<Finding>(),
         variants_of::<ReviewReason>(),
         variants_of::<Resolution>(),
+        variants_of::<OperationKind>(),
+        variants_of::<OperationStep>(),
     ];
     let covered: BTreeSet<_> = every_variant()
         .iter()

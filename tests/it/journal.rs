@@ -470,19 +470,24 @@ fn the_next_segment_is_prepared_ahead_and_nothing_is_left_behind() {
     let (journal, _) = Journal::open(tmp.path(), config).unwrap();
     let spare = tmp.path().join("00000000000000000001.seg.tmp");
     let mut n = 0;
-    // Past half of segment 0, one record per append.
-    while !spare.exists() {
-        journal.append(vec![payload(n)]).unwrap();
+    // Past half of segment 0 (but well short of its end), one record per append.
+    let mut bytes = 0;
+    while bytes < config.segment_len * 5 / 8 {
+        let record = payload(n);
+        bytes += record.len() as u64 + 52;
+        journal.append(vec![record]).unwrap();
         n += 1;
-        assert!(n < 10_000, "a spare appears once segment 0 is half full");
     }
-    // The preparation finishes in the background, at the segment's full length.
-    for _ in 0..500 {
-        if std::fs::metadata(&spare).map(|m| m.len()).unwrap_or(0) == config.segment_len {
-            break;
+    assert_eq!(journal.segment_count(), 1);
+    // The preparation runs in the background: the spare appears, at the segment's full length.
+    let prepared = (0..1_000).any(|_| {
+        let len = std::fs::metadata(&spare).map(|m| m.len()).unwrap_or(0);
+        len == config.segment_len || {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            false
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    });
+    assert!(prepared, "a spare is prepared once segment 0 is half full");
     while journal.segment_count() < 4 {
         journal.append(vec![payload(n)]).unwrap();
         n += 1;

@@ -45,6 +45,16 @@ fn forgetting_unknown_on_replay_is_caught() {
 }
 
 #[test]
+fn retrying_a_timed_out_refund_with_a_new_request_id_is_caught() {
+    let (seed, violation) =
+        caught_within(Broken::RetryRefundWithNewId, 20).expect("caught within 20 seeds");
+    assert!(
+        violation.contains("refund") && violation.contains("executed 2 times"),
+        "seed {seed}: {violation}"
+    );
+}
+
+#[test]
 fn same_seed_same_report() {
     let a = run(config(5, 3_000, None), |_, _| {}).unwrap().to_string();
     let b = run(config(5, 3_000, None), |_, _| {}).unwrap().to_string();
@@ -71,10 +81,12 @@ fn many_seeds_hold_every_invariant() {
         assert_eq!(
             (
                 report.double_charges,
+                report.double_refunds,
+                report.over_refunds,
                 report.acknowledged_lost,
                 report.unresolved_after_heal
             ),
-            (0, 0, 0)
+            (0, 0, 0, 0, 0)
         );
         steps += 5_000;
         crashes += report.crashes;

@@ -131,6 +131,8 @@ pub enum Condition {
     HungCall,
     /// An event the fold refuses, written into the journal by something else.
     Inconsistent,
+    /// A refund whose reply was lost, unknown for hours.
+    RefundUnknown,
     /// Everything settled.
     Healthy,
 }
@@ -202,6 +204,20 @@ pub fn ledger_in(tmp: &Path, condition: Condition) -> (PathBuf, String, Held) {
                     reconciler.run_once().unwrap();
                 }
             }
+        }
+        Condition::RefundUnknown => {
+            let k = key("paid-0");
+            let id = RequestId::new("refund-77").unwrap();
+            let Decision::Attempt(ticket) = ledger
+                .begin_operation(&k, OperationKind::Refund, &id, Amount::new(50).unwrap())
+                .unwrap()
+            else {
+                panic!("a refund attempt");
+            };
+            let timeout = Outcome::Unknown {
+                reason: UnknownReason::Timeout,
+            };
+            ledger.record_operation(ticket, timeout).unwrap();
         }
         Condition::Conflict => {
             *provider.reply.lock().unwrap() = ChargeReply::Charged {
