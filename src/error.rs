@@ -161,6 +161,20 @@ pub enum Error {
         attempt: u32,
     },
 
+    /// The async adapter's queue is full: the request was not queued and nothing was written.
+    /// Answer "try again later" (HTTP 503 with `Retry-After`); the same request may be retried.
+    #[error("overloaded: the ledger's queue of {queue} requests is full")]
+    Overloaded {
+        /// The queue's capacity.
+        queue: usize,
+    },
+
+    /// The async adapter's worker thread running the request panicked or stopped before it
+    /// replied: whether the request was applied is unknown, as after a crash (a started attempt
+    /// becomes unknown and is reconciled).
+    #[error("the ledger's worker stopped before replying")]
+    WorkerLost,
+
     /// An I/O operation failed.
     #[error("{context}")]
     Io {

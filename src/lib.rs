@@ -30,6 +30,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "async")]
+pub mod asynchronous;
 pub mod clock;
 pub mod error;
 #[cfg(feature = "testing")]
@@ -46,6 +48,7 @@ pub mod reconcile;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod sync;
+pub mod telemetry;
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]

@@ -9,11 +9,12 @@
 //! - an attempt whose ticket was dropped or whose lease expired is taken over (made unknown)
 //!   and then queried like any other.
 
+use crate::clock::MonotonicMillis;
 use crate::error::Result;
 use crate::ledger::Ledger;
 use crate::model::Phase;
 use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference};
-use crate::provider::Provider;
+use crate::provider::{Provider, QueryReply};
 
 /// What one reconciler pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,100 +77,138 @@ impl<P: Provider> Reconciler<P> {
         let span = tracing::info_span!("reconcile");
         let _enter = span.enter();
         let started = std::time::Instant::now();
-        let config = self.ledger.reconcile_config();
-        let batch = config.batch_max();
-        let mut report = ReconcileReport {
-            abandoned: self.ledger.take_over_in_flight(batch)?
-                + self.ledger.take_over_operations(batch, false)?,
-            ..ReconcileReport::default()
-        };
-        for key in self.ledger.due_keys(batch)? {
-            let Some(state) = self.ledger.state(&key)? else {
-                continue;
-            };
-            if let Phase::Unknown {
-                attempt, queries, ..
-            } = state.phase
-            {
-                report.examined += 1;
-                let reference = ProviderReference::derive(&key, attempt);
-                let track = Track::Charge;
-                self.reconcile_one(&key, track, attempt, queries, &reference, &mut report)?;
-            }
-            for op in &state.operations {
-                let Phase::Unknown {
-                    attempt, queries, ..
-                } = op.phase
-                else {
-                    continue;
-                };
-                report.examined += 1;
-                let reference =
-                    ProviderReference::derive_operation(&key, op.kind, op.ordinal, attempt);
-                let track = Track::Operation(op.ordinal);
-                self.reconcile_one(&key, track, attempt, queries, &reference, &mut report)?;
-            }
+        let (queries, mut report) = plan(&self.ledger)?;
+        for query in queries {
+            let asked_at = self.ledger.monotonic_now();
+            let reply = self.provider.query(&query.reference);
+            settle(&self.ledger, &query, reply, asked_at, &mut report)?;
         }
-        tracing::info!(
-            examined = report.examined,
-            resolved = report.resolved,
-            rescheduled = report.rescheduled,
-            escalated = report.escalated,
-            abandoned = report.abandoned,
-            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "reconcile pass"
-        );
+        finish(&report, started);
         Ok(report)
     }
+}
 
-    /// Queries one unknown attempt (of the key's charge or of an operation), or escalates it
-    /// once its queries are spent.
-    fn reconcile_one(
-        &self,
-        key: &IdempotencyKey,
-        track: Track,
-        attempt: AttemptNumber,
-        queries: u32,
-        reference: &ProviderReference,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
-        let queries_max = self.ledger.reconcile_config().queries_max();
-        let escalate = |queries| match track {
-            Track::Charge => self.ledger.escalate(key, attempt, queries),
-            Track::Operation(ordinal) => self
-                .ledger
-                .escalate_operation(key, ordinal, attempt, queries),
+/// One query a reconciler pass must make: an unknown attempt whose query time has come.
+#[derive(Clone, Debug)]
+pub(crate) struct DueQuery {
+    key: IdempotencyKey,
+    track: Track,
+    attempt: AttemptNumber,
+    /// The reference the attempt was sent with: what the provider is asked about.
+    pub(crate) reference: ProviderReference,
+}
+
+/// The first half of a pass: takes over abandoned attempts, escalates unknown attempts whose
+/// queries are spent, and lists the queries to make (with the report so far).
+pub(crate) fn plan(ledger: &Ledger) -> Result<(Vec<DueQuery>, ReconcileReport)> {
+    let config = ledger.reconcile_config();
+    let batch = config.batch_max();
+    let mut report = ReconcileReport {
+        abandoned: ledger.take_over_in_flight(batch)?
+            + ledger.take_over_operations(batch, false)?,
+        ..ReconcileReport::default()
+    };
+    let mut due = Vec::new();
+    for key in ledger.due_keys(batch)? {
+        let Some(state) = ledger.state(&key)? else {
+            continue;
         };
-        if queries >= queries_max {
-            if escalate(queries)? {
-                report.escalated += 1;
-            }
-            return Ok(());
+        let mut tracks = Vec::new();
+        if let Phase::Unknown {
+            attempt, queries, ..
+        } = state.phase
+        {
+            let reference = ProviderReference::derive(&key, attempt);
+            tracks.push((Track::Charge, attempt, queries, reference));
         }
-        let asked_at = self.ledger.monotonic_now();
-        let reply = self.provider.query(reference);
-        tracing::debug!(key = %key, attempt = attempt.get(), provider_reference = %reference, ?reply, "provider queried");
-        let phase = match track {
-            Track::Charge => self.ledger.record_query(key, attempt, reply, asked_at)?,
-            Track::Operation(ordinal) => self
-                .ledger
-                .record_operation_query(key, ordinal, attempt, reply, asked_at)?,
-        };
-        match phase {
-            Some(Phase::Unknown { queries, .. }) => {
-                if queries >= queries_max {
-                    if escalate(queries)? {
-                        report.escalated += 1;
-                    }
-                } else {
-                    report.rescheduled += 1;
-                }
+        for op in &state.operations {
+            if let Phase::Unknown {
+                attempt, queries, ..
+            } = op.phase
+            {
+                let reference =
+                    ProviderReference::derive_operation(&key, op.kind, op.ordinal, attempt);
+                tracks.push((Track::Operation(op.ordinal), attempt, queries, reference));
             }
-            Some(_) => report.resolved += 1,
-            None => {}
         }
-        Ok(())
+        for (track, attempt, queries, reference) in tracks {
+            report.examined += 1;
+            let query = DueQuery {
+                key: key.clone(),
+                track,
+                attempt,
+                reference,
+            };
+            if queries >= config.queries_max() {
+                escalate(ledger, &query, queries, &mut report)?;
+            } else {
+                due.push(query);
+            }
+        }
     }
+    Ok((due, report))
+}
+
+/// The second half, for one query: appends the provider's `reply` (asked at `asked_at`), then
+/// reschedules the attempt or escalates it once its queries are spent.
+pub(crate) fn settle(
+    ledger: &Ledger,
+    query: &DueQuery,
+    reply: QueryReply,
+    asked_at: MonotonicMillis,
+    report: &mut ReconcileReport,
+) -> Result<()> {
+    let (key, attempt) = (&query.key, query.attempt);
+    tracing::debug!(key = %key, attempt = attempt.get(), provider_reference = %query.reference, ?reply, "provider queried");
+    let phase = match query.track {
+        Track::Charge => ledger.record_query(key, attempt, reply, asked_at)?,
+        Track::Operation(ordinal) => {
+            ledger.record_operation_query(key, ordinal, attempt, reply, asked_at)?
+        }
+    };
+    match phase {
+        Some(Phase::Unknown { queries, .. }) => {
+            if queries >= ledger.reconcile_config().queries_max() {
+                escalate(ledger, query, queries, report)?;
+            } else {
+                report.rescheduled += 1;
+            }
+        }
+        Some(_) => report.resolved += 1,
+        None => {}
+    }
+    Ok(())
+}
+
+/// Logs a finished pass.
+pub(crate) fn finish(report: &ReconcileReport, started: std::time::Instant) {
+    tracing::info!(
+        examined = report.examined,
+        resolved = report.resolved,
+        rescheduled = report.rescheduled,
+        escalated = report.escalated,
+        abandoned = report.abandoned,
+        duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "reconcile pass"
+    );
+}
+
+fn escalate(
+    ledger: &Ledger,
+    query: &DueQuery,
+    queries: u32,
+    report: &mut ReconcileReport,
+) -> Result<()> {
+    let escalated = match query.track {
+        Track::Charge => ledger.escalate(&query.key, query.attempt, queries)?,
+        Track::Operation(ordinal) => {
+            ledger.escalate_operation(&query.key, ordinal, query.attempt, queries)?
+        }
+    };
+    if escalated {
+        report.escalated += 1;
+    }
+    Ok(())
 }
 
 /// Which attempts of a key a query is about.

@@ -326,7 +326,9 @@ impl Journal {
             .file
             .sync_data()
             .map_err(|e| FatalCause::new(format!("fdatasync of {}", path.display()), e))?;
-        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        crate::telemetry::journal_commit(bytes.len(), elapsed);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.durable_sequence
             .store(writer.next_sequence - 1, Ordering::Release);
         let mut stats = lock(&self.stats);

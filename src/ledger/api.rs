@@ -19,7 +19,7 @@ use crate::model::{
     EventKind, EvidenceSource, Finding, Outcome, Resolution, UnknownReason, check_range,
 };
 use crate::model::{PaymentState, Phase, PrimaryKind, Rejection, Verdict};
-use crate::provider::{ChargeRequest, Provider};
+use crate::provider::{ChargeReply, ChargeRequest, Provider};
 
 use super::replies::{Begin, ChargeReport, EvidenceOutcome};
 use super::{Ledger, Ticket, elapsed_us};
@@ -113,6 +113,7 @@ impl Ledger {
             duration_us = elapsed_us(started),
             "begin"
         );
+        crate::telemetry::decision(primary.name(), begin.name());
         Ok(begin)
     }
 
@@ -259,19 +260,11 @@ impl Ledger {
         provider: &dyn Provider,
         deadline: Duration,
     ) -> Result<ChargeReport> {
-        let lease_ms = self.inner.config.ticket_lease_ms;
-        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-        check_range("deadline_ms", deadline_ms, 1, lease_ms - 1)?;
+        self.check_deadline(deadline)?;
         let fingerprint = intent.fingerprint();
         let ticket = match self.begin(key, intent)?.into_attempt() {
             Ok(ticket) => ticket,
-            Err(other) => {
-                return Ok(ChargeReport {
-                    called_provider: false,
-                    outcome: None,
-                    decision: other.widen(),
-                });
-            }
+            Err(other) => return Ok(ChargeReport::not_called(other)),
         };
         let request = ChargeRequest::new(
             intent,
@@ -281,19 +274,22 @@ impl Ledger {
         );
         let started = Instant::now();
         let reply = provider.charge(&request);
-        let outcome = if started.elapsed() > deadline {
-            Outcome::Unknown {
-                reason: UnknownReason::Timeout,
-            }
-        } else {
-            reply.classify()
-        };
+        let outcome = outcome_within(reply, started.elapsed(), deadline);
+        crate::telemetry::provider_call(started.elapsed());
         let state = self.record(ticket, outcome.clone())?;
         Ok(ChargeReport {
             called_provider: true,
             outcome: Some(outcome),
             decision: state.decide(&fingerprint),
         })
+    }
+
+    /// Refuses a provider deadline that is not shorter than the ticket lease.
+    pub(crate) fn check_deadline(&self, deadline: Duration) -> Result<()> {
+        let lease_ms = self.inner.config.ticket_lease_ms;
+        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        check_range("deadline_ms", deadline_ms, 1, lease_ms - 1)?;
+        Ok(())
     }
 
     /// Records a webhook or settlement line about the attempt sent with `reference`: one of the
@@ -369,5 +365,17 @@ impl Ledger {
         self.inner.gate.clear_unwritten(key);
         tracing::info!(phase = after.state.phase.name(), "resolved by operator");
         Ok(after.state)
+    }
+}
+
+/// What a provider's `reply` means once the call took `elapsed`: a reply after the deadline is
+/// a timeout (unknown), whatever it said.
+pub(crate) fn outcome_within(reply: ChargeReply, elapsed: Duration, deadline: Duration) -> Outcome {
+    if elapsed > deadline {
+        Outcome::Unknown {
+            reason: UnknownReason::Timeout,
+        }
+    } else {
+        reply.classify()
     }
 }

@@ -77,6 +77,8 @@ use crate::model::{AttemptNumber, IdempotencyKey, UnixMillis};
 use crate::model::{Event, EventKind};
 
 pub use alerts::{Alert, AlertThresholds};
+#[cfg(feature = "async")]
+pub(crate) use api::outcome_within;
 pub use config::LedgerConfig;
 pub use operations::OperationBegin;
 pub use replies::{

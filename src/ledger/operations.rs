@@ -87,6 +87,18 @@ impl Ledger {
         request_id: &RequestId,
         amount: Amount,
     ) -> Result<OperationBegin> {
+        let begun = self.admit_operation(key, kind, request_id, amount)?;
+        crate::telemetry::decision(kind.name(), begun.name());
+        Ok(begun)
+    }
+
+    fn admit_operation(
+        &self,
+        key: &IdempotencyKey,
+        kind: OperationKind,
+        request_id: &RequestId,
+        amount: Amount,
+    ) -> Result<OperationBegin> {
         self.writable()?;
         let _guard = self.lock_key(key);
         let entry = self.inner.index.get(key)?;

@@ -189,7 +189,8 @@ impl Ledger {
         Ok(by_kind)
     }
 
-    /// Counts and ages to alert on. Counts come from the applied index: exact once the applier
+    /// Counts and ages to alert on; also sets the metrics gauges (`docs/metrics.md`), so call
+    /// it when metrics are scraped. Counts come from the applied index: exact once the applier
     /// has reflected what was durable when `health` was called, which it waits for up to a
     /// second; beyond that they lag by `index_backlog` commits.
     ///
@@ -222,8 +223,12 @@ impl Ledger {
                 oldest_unknown = Some(oldest_unknown.map_or(*since, |o| o.min(*since)));
             }
         }
+        let oldest_review = self.oldest(PhaseKind::InReview, |phase| match phase {
+            Phase::InReview { since, .. } => Some(*since),
+            _ => None,
+        })?;
         let operations = self.operation_health(now)?;
-        Ok(Health {
+        let health = Health {
             operations,
             unknown: index.count(PhaseKind::Unknown) + unwritten_in_flight,
             unknown_age_ms_max: oldest_unknown.map(|since| now.since(since)),
@@ -232,13 +237,20 @@ impl Ledger {
                 .saturating_sub(unwritten_in_flight),
             in_flight_age_ms_max: oldest_in_flight.map(|since| now.since(since)),
             in_review: index.count(PhaseKind::InReview),
+            in_review_age_ms_max: oldest_review.map(|since| now.since(since)),
             conflict: index.count(PhaseKind::Conflict),
             last_sequence: self.inner.journal.last_sequence(),
             index_watermark: index.watermark().sequence,
             index_backlog: index.backlog(),
             journal: self.inner.journal.stats(),
             fatal: self.inner.journal.stopped().or_else(|| index.failure()),
-        })
+        };
+        let keys: Vec<(PhaseKind, usize)> = PhaseKind::ALL
+            .into_iter()
+            .map(|kind| (kind, index.count(kind)))
+            .collect();
+        crate::telemetry::gauges(&health, &keys);
+        Ok(health)
     }
 
     /// Keys per phase.

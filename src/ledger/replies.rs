@@ -64,6 +64,17 @@ pub struct ChargeReport {
     pub decision: Decision,
 }
 
+impl ChargeReport {
+    /// The report of a call that was not made: the key's decision said otherwise.
+    pub(crate) fn not_called(decision: Decision<std::convert::Infallible>) -> Self {
+        Self {
+            called_provider: false,
+            outcome: None,
+            decision: decision.widen(),
+        }
+    }
+}
+
 /// What `record_evidence` did with a webhook or settlement line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EvidenceOutcome {
@@ -101,6 +112,8 @@ pub struct Health {
     pub in_flight_age_ms_max: Option<u64>,
     /// Keys in manual review (the dead-letter).
     pub in_review: usize,
+    /// Age of the oldest key in review, in milliseconds.
+    pub in_review_age_ms_max: Option<u64>,
     /// Keys in conflict (possible double charge, needs a refund).
     pub conflict: usize,
     /// Last journal sequence.

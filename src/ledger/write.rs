@@ -76,6 +76,7 @@ impl Ledger {
         debug_assert_eq!(last.0 - first.0 + 1, events.len() as u64);
         debug_assert_eq!(appended.positions.len(), events.len());
         self.watch_unknown(&after.state);
+        crate::telemetry::events_written(&after.state, &events);
         Ok(after)
     }
 

@@ -93,6 +93,16 @@ pub enum PrimaryKind {
     },
 }
 
+impl PrimaryKind {
+    /// The kind's name, for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrimaryKind::Purchase => "purchase",
+            PrimaryKind::Authorization { .. } => "authorization",
+        }
+    }
+}
+
 /// One step of an operation: the same facts as a charge attempt's, about the operation's own
 /// attempts.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

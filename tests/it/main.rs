@@ -1,6 +1,7 @@
 //! The one integration-test binary: each module tests one area through the public API.
 
 mod applier;
+mod asynchronous;
 mod codec;
 mod crash;
 mod default_build;

@@ -1,0 +1,23 @@
+//! The async adapter (feature `async`): every blocking entry point of [`Ledger`](crate::Ledger) as a future,
+//! usable from any runtime (tokio, async-std, smol, a hand-rolled executor).
+//!
+//! Calls are queued to a bounded pool of worker threads that run the blocking API and reply on
+//! a oneshot channel (the shape of `async-sqlite`), so an async task never blocks on
+//! `fdatasync`, and concurrent tasks still share group commits: the workers' appends meet in
+//! the journal's commit queue as threads' do.
+//!
+//! Invariants:
+//! - a request is queued when its method is *called*, not when its future is first polled, and
+//!   once queued it runs to the end whatever happens to the future: dropping a future never
+//!   cancels an append (see [`AsyncLedger`] for the state each call leaves a key in);
+//! - the queue is bounded: a full queue refuses the request at once with
+//!   [`Error::Overloaded`](crate::Error::Overloaded), having written nothing;
+//! - the adapter adds no decision of its own: every answer is the blocking API's.
+
+mod ledger;
+mod pool;
+mod reconciler;
+
+pub use ledger::{AsyncLedger, AsyncProvider};
+pub use pool::{AsyncConfig, Reply};
+pub use reconciler::AsyncReconciler;
