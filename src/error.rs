@@ -161,6 +161,16 @@ pub enum Error {
         attempt: u32,
     },
 
+    /// Other writers kept appending to a key of a shared store while this process decided: it
+    /// gave up after `races` tries, having written nothing.
+    #[error("{key}: other writers won {races} races in a row; nothing was written, try again")]
+    Contended {
+        /// The key.
+        key: String,
+        /// Races lost.
+        races: u32,
+    },
+
     /// The async adapter's queue is full: the request was not queued and nothing was written.
     /// Answer "try again later" (HTTP 503 with `Retry-After`); the same request may be retried.
     #[error("overloaded: the ledger's queue of {queue} requests is full")]

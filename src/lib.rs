@@ -47,6 +47,7 @@ pub mod provider;
 pub mod reconcile;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod store;
 mod sync;
 pub mod telemetry;
 

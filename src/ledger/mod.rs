@@ -61,6 +61,7 @@ mod query;
 mod reconciliation;
 mod replay;
 mod replies;
+mod store;
 mod ticket;
 mod write;
 
@@ -77,7 +78,6 @@ use crate::model::{AttemptNumber, IdempotencyKey, UnixMillis};
 use crate::model::{Event, EventKind};
 
 pub use alerts::{Alert, AlertThresholds};
-#[cfg(feature = "async")]
 pub(crate) use api::outcome_within;
 pub use config::LedgerConfig;
 pub use operations::OperationBegin;

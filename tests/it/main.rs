@@ -21,5 +21,6 @@ mod power_loss;
 mod promise;
 mod segment_fixtures;
 mod sim;
+mod store;
 mod support;
 mod variants;
