@@ -19,8 +19,10 @@
 //!   its version (the number of its events).
 
 mod ledger;
+mod shard;
 
 pub use ledger::{StoreConfig, StoreLedger, StoreTicket};
+pub use shard::{LOGICAL_SHARDS_MAX, ShardMap, Sharded, logical_shard};
 
 use crate::error::Result;
 use crate::model::{Event, IdempotencyKey, PaymentState, PhaseKind, UnixMillis};

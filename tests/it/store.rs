@@ -64,3 +64,117 @@ fn a_dead_process_attempt_is_taken_over_through_the_seam() {
 fn not_found_is_trusted_only_after_the_wait_through_the_seam() {
     with_ledger(not_found_is_trusted_only_after_the_wait);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sharding: the same scenarios over three embedded ledgers behind a router.
+
+use payledger::store::{EventStore, ShardMap, Sharded, logical_shard};
+
+fn sharded(dirs: &[tempfile::TempDir], clock: &Arc<ManualClock>) -> Sharded<Ledger> {
+    let stores = dirs.iter().map(|d| embedded(d.path(), clock)).collect();
+    Sharded::new(ShardMap::spread(64, 3).unwrap(), stores).unwrap()
+}
+
+fn dirs() -> Vec<tempfile::TempDir> {
+    (0..3).map(|_| tempfile::tempdir().unwrap()).collect()
+}
+
+#[test]
+fn the_shard_of_a_key_is_the_specified_hash_forever() {
+    // Pinned: a change of hash or context would move every existing key.
+    let shards: Vec<u32> = ["order-1", "order-2", "checkout-77", "-108'q"]
+        .iter()
+        .map(|k| logical_shard(&IdempotencyKey::new(*k).unwrap(), 1_024))
+        .collect();
+    assert_eq!(shards, PINNED_SHARDS);
+    // The first 8 bytes of blake3("payledger shard v1" ‖ key), little-endian, mod the count.
+    let digest = blake3::hash(b"payledger shard v1order-1");
+    let first = u64::from_le_bytes(digest.as_bytes()[..8].try_into().unwrap());
+    assert_eq!(u64::from(shards[0]), first % 1_024);
+}
+
+/// Computed independently (Python `blake3`: first 8 bytes of the digest, little-endian, mod 1024).
+const PINNED_SHARDS: [u32; 4] = [12, 758, 613, 298];
+
+#[test]
+fn a_shard_map_is_a_power_of_two_of_logical_shards_and_moves_by_version() {
+    for bad in [0usize, 3, 100] {
+        assert!(matches!(
+            ShardMap::new(1, vec![0; bad]),
+            Err(Error::Input(_))
+        ));
+    }
+    let map = ShardMap::spread(8, 2).unwrap();
+    let moved = map.moved(3, 0).unwrap();
+    assert_eq!((map.version(), moved.version()), (1, 2));
+    assert!(map.moved(8, 0).is_err());
+    let too_few_stores = Sharded::new(
+        ShardMap::spread(8, 4).unwrap(),
+        vec![embedded(
+            tempfile::tempdir().unwrap().path(),
+            &Arc::new(ManualClock::new(UnixMillis(T0))),
+        )],
+    );
+    assert!(matches!(too_few_stores, Err(Error::Input(_))));
+}
+
+#[test]
+fn a_sharded_store_keeps_the_contract_and_each_key_in_one_shard() {
+    let dirs = dirs();
+    let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
+    let store = sharded(&dirs, &clock);
+    contract(&store);
+    let ledger = StoreLedger::new(store, store_config(&clock));
+    let provider = Charges::default();
+    let keys: Vec<IdempotencyKey> = (0..60).map(|n| key(&format!("sharded-{n:02}"))).collect();
+    for k in &keys {
+        ledger
+            .charge_once(
+                k,
+                &intent(100),
+                &provider,
+                std::time::Duration::from_secs(1),
+            )
+            .unwrap();
+    }
+    let store = ledger.store();
+    let mut per_store = [0usize; 3];
+    for k in &keys {
+        let holders: Vec<usize> = (0..3)
+            .filter(|&s| store.stores()[s].load(k).unwrap().is_some())
+            .collect();
+        assert_eq!(
+            holders,
+            vec![store.map().store_of(k)],
+            "{k} lives in one shard"
+        );
+        per_store[holders[0]] += 1;
+    }
+    assert!(per_store.iter().all(|&n| n > 5), "spread: {per_store:?}");
+    // Lists scatter and gather in key order, with the limit.
+    let listed = store.list(PhaseKind::Succeeded, None, 25).unwrap();
+    let expected: Vec<&IdempotencyKey> = keys.iter().take(25).collect();
+    assert_eq!(listed.iter().map(|s| &s.key).collect::<Vec<_>>(), expected);
+    let rest = store
+        .list(PhaseKind::Succeeded, listed.last().map(|s| &s.key), 100)
+        .unwrap();
+    assert_eq!(rest.len(), 35);
+}
+
+#[test]
+fn the_seed_scenarios_hold_on_a_sharded_store() {
+    for scenario in [
+        a_lost_reply_is_reconciled_never_retried::<Sharded<Ledger>>,
+        a_dead_process_attempt_is_taken_over_after_its_lease,
+        not_found_is_trusted_only_after_the_wait,
+    ] {
+        let dirs = dirs();
+        let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
+        let ledger = StoreLedger::new(sharded(&dirs, &clock), store_config(&clock));
+        scenario(&ledger, &clock);
+    }
+    let dirs = dirs();
+    let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
+    let ledger = StoreLedger::new(sharded(&dirs, &clock), store_config(&clock));
+    double_click_makes_one_provider_call(Arc::new(ledger));
+}
