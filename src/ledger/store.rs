@@ -11,7 +11,7 @@
 //! whose ticket was dropped.
 
 use crate::error::Result;
-use crate::model::{IdempotencyKey, PaymentState, PhaseKind, UnixMillis};
+use crate::model::{IdempotencyKey, PaymentState, PhaseKind, ProviderReference, UnixMillis};
 use crate::store::{Append, Appended, EventStore, StoredKey};
 
 use super::Ledger;
@@ -45,6 +45,10 @@ impl EventStore for Ledger {
         limit: usize,
     ) -> Result<Vec<PaymentState>> {
         Ledger::list(self, phase, after, limit)
+    }
+
+    fn key_of(&self, reference: &ProviderReference) -> Result<Option<IdempotencyKey>> {
+        self.inner.index.key_for_reference(reference)
     }
 
     fn due(&self, now: UnixMillis, limit: usize) -> Result<Vec<IdempotencyKey>> {

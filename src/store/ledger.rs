@@ -194,6 +194,37 @@ impl<S: EventStore> StoreLedger<S> {
         })
     }
 
+    /// Records a webhook or settlement line about the charge attempt sent with `reference`:
+    /// evidence that agrees or settles the attempt, or a conflict. `None` if no key of the
+    /// store started an attempt with `reference`.
+    ///
+    /// # Errors
+    /// The store's errors; [`Error::Rejected`] for evidence about an attempt that never started.
+    pub fn record_evidence(
+        &self,
+        reference: &ProviderReference,
+        source: EvidenceSource,
+        finding: Finding,
+    ) -> Result<Option<PaymentState>> {
+        let (Some(key), Some(attempt)) = (self.store.key_of(reference)?, reference.attempt())
+        else {
+            return Ok(None);
+        };
+        if ProviderReference::derive(&key, attempt) != *reference {
+            // An operation's reference: captures, voids and refunds are not on this ledger yet.
+            return Ok(None);
+        }
+        self.write(&key, |state| {
+            Ok(vec![evidence_event(
+                state,
+                attempt,
+                source,
+                finding.clone(),
+            )?])
+        })
+        .map(Some)
+    }
+
     /// begin → charge → record, as [`Ledger::charge_once`](crate::Ledger::charge_once).
     ///
     /// # Errors

@@ -16,7 +16,10 @@
 //!   for the journal, the WAL flush, and a synchronous standby if configured, for PostgreSQL);
 //!   an append whose answer was lost is resolved by reading back, never by guessing;
 //! - **the fold on load**: [`EventStore::load`] returns the state the key's events fold to, and
-//!   its version (the number of its events).
+//!   its version (the number of its events);
+//! - **references are found**: every provider reference an appended `AttemptStarted` (or an
+//!   operation's attempt) carries maps back to its key ([`EventStore::key_of`]) once the append
+//!   is `Done`.
 
 mod ledger;
 mod shard;
@@ -25,7 +28,7 @@ pub use ledger::{StoreConfig, StoreLedger, StoreTicket};
 pub use shard::{LOGICAL_SHARDS_MAX, ShardMap, Sharded, logical_shard};
 
 use crate::error::Result;
-use crate::model::{Event, IdempotencyKey, PaymentState, PhaseKind, UnixMillis};
+use crate::model::{Event, IdempotencyKey, PaymentState, PhaseKind, ProviderReference, UnixMillis};
 
 /// A key as a store holds it: the state its events fold to and how many events it has.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +93,13 @@ pub trait EventStore: Send + Sync {
         after: Option<&IdempotencyKey>,
         limit: usize,
     ) -> Result<Vec<PaymentState>>;
+
+    /// The key whose attempt was sent with `reference` (a webhook or a settlement line names
+    /// only the reference), or `None` if no key of this store started it.
+    ///
+    /// # Errors
+    /// The store's errors.
+    fn key_of(&self, reference: &ProviderReference) -> Result<Option<IdempotencyKey>>;
 
     /// Up to `limit` keys whose next query time is at or before `now`.
     ///

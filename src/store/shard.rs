@@ -13,7 +13,9 @@
 //! scatter to every store and gather in key order.
 
 use crate::error::{Error, Result};
-use crate::model::{IdempotencyKey, InputError, PaymentState, PhaseKind, UnixMillis};
+use crate::model::{
+    IdempotencyKey, InputError, PaymentState, PhaseKind, ProviderReference, UnixMillis,
+};
 
 use super::{Append, Appended, EventStore, StoredKey};
 
@@ -176,6 +178,17 @@ impl<S: EventStore> EventStore for Sharded<S> {
         all.sort_by(|a, b| a.key.cmp(&b.key));
         all.truncate(limit);
         Ok(all)
+    }
+
+    fn key_of(&self, reference: &ProviderReference) -> Result<Option<IdempotencyKey>> {
+        // A reference is derived from its key by a hash: it does not name its shard, so ask
+        // every store (webhooks are rare next to charges).
+        for store in &self.stores {
+            if let Some(key) = store.key_of(reference)? {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
     }
 
     fn due(&self, now: UnixMillis, limit: usize) -> Result<Vec<IdempotencyKey>> {

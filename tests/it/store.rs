@@ -65,6 +65,13 @@ fn not_found_is_trusted_only_after_the_wait_through_the_seam() {
     with_ledger(not_found_is_trusted_only_after_the_wait);
 }
 
+#[test]
+fn evidence_through_the_seam_settles_agrees_and_conflicts() {
+    with_ledger(|ledger, _| {
+        evidence_settles_then_echoes_agree_then_contradictions_conflict(ledger)
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sharding: the same scenarios over three embedded ledgers behind a router.
 
@@ -167,6 +174,7 @@ fn the_seed_scenarios_hold_on_a_sharded_store() {
         a_lost_reply_is_reconciled_never_retried::<Sharded<Ledger>>,
         a_dead_process_attempt_is_taken_over_after_its_lease,
         not_found_is_trusted_only_after_the_wait,
+        evidence_on_a_sharded_store,
     ] {
         let dirs = dirs();
         let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
@@ -177,4 +185,8 @@ fn the_seed_scenarios_hold_on_a_sharded_store() {
     let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
     let ledger = StoreLedger::new(sharded(&dirs, &clock), store_config(&clock));
     double_click_makes_one_provider_call(Arc::new(ledger));
+}
+
+fn evidence_on_a_sharded_store(ledger: &StoreLedger<Sharded<Ledger>>, _: &ManualClock) {
+    evidence_settles_then_echoes_agree_then_contradictions_conflict(ledger);
 }

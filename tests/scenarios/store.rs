@@ -361,3 +361,45 @@ pub fn not_found_is_trusted_only_after_the_wait<S: EventStore>(
     assert!(retry.called_provider);
     assert_eq!(provider.calls.load(Ordering::SeqCst), 1);
 }
+
+/// A webhook of a lost charge, then its echo: the first settles the key, the echo agrees; a
+/// settlement line showing another charge for the same attempt is a conflict.
+pub fn evidence_settles_then_echoes_agree_then_contradictions_conflict<S: EventStore>(
+    ledger: &StoreLedger<S>,
+) {
+    let provider = Charges::default();
+    *provider.lose_replies.lock().unwrap() = true;
+    let k = key("webhooks");
+    ledger
+        .charge_once(&k, &intent(1_500), &provider, Duration::from_secs(1))
+        .unwrap();
+    let reference = ProviderReference::derive(&k, AttemptNumber::FIRST);
+    let (txn, _) = provider.made.lock().unwrap()[reference.as_str()].clone();
+    let paid = Finding::Charged {
+        transaction_id: TransactionId::new(txn).unwrap(),
+        amount: Amount::new(1_500).unwrap(),
+    };
+    for _ in 0..2 {
+        let state = ledger
+            .record_evidence(&reference, EvidenceSource::Webhook, paid.clone())
+            .unwrap()
+            .unwrap();
+        assert!(matches!(state.phase, Phase::Succeeded { .. }), "{state:?}");
+    }
+    let other = Finding::Charged {
+        transaction_id: TransactionId::new("ch_other").unwrap(),
+        amount: Amount::new(1_500).unwrap(),
+    };
+    let state = ledger
+        .record_evidence(&reference, EvidenceSource::Settlement, other)
+        .unwrap()
+        .unwrap();
+    assert!(matches!(state.phase, Phase::Conflict { .. }), "{state:?}");
+    let unknown = ProviderReference::derive(&key("never-seen"), AttemptNumber::FIRST);
+    assert_eq!(
+        ledger
+            .record_evidence(&unknown, EvidenceSource::Webhook, paid)
+            .unwrap(),
+        None
+    );
+}
