@@ -12,7 +12,7 @@
 //! - time across processes is the wall clock: an unknown attempt's "not found" wait is measured
 //!   from when it became unknown, and the policy's skew margin covers the clocks' difference.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Append, Appended, EventStore};
@@ -26,6 +26,7 @@ use crate::model::{
 };
 use crate::provider::{ChargeRequest, Provider};
 use crate::reconcile::ReconcileReport;
+use crate::sync::lock;
 
 /// How many times a write is decided again after losing a race before the store is called
 /// contended.
@@ -93,12 +94,18 @@ impl StoreTicket {
 pub struct StoreLedger<S> {
     store: S,
     config: StoreConfig,
+    /// Where the next pass's scan of attempts in flight resumes, so every key gets its turn.
+    in_flight_cursor: Mutex<Option<IdempotencyKey>>,
 }
 
 impl<S: EventStore> StoreLedger<S> {
     /// A ledger over `store`.
     pub fn new(store: S, config: StoreConfig) -> Self {
-        Self { store, config }
+        Self {
+            store,
+            config,
+            in_flight_cursor: Mutex::new(None),
+        }
     }
 
     /// The store.
@@ -277,7 +284,16 @@ impl<S: EventStore> StoreLedger<S> {
         let batch = self.config.reconcile.batch_max();
         let now = self.config.clock.now();
         let mut report = ReconcileReport::default();
-        for state in self.store.list(PhaseKind::InFlight, None, batch)? {
+        let cursor = lock(&self.in_flight_cursor).clone();
+        let in_flight = self
+            .store
+            .list(PhaseKind::InFlight, cursor.as_ref(), batch)?;
+        *lock(&self.in_flight_cursor) = if in_flight.len() < batch {
+            None
+        } else {
+            in_flight.last().map(|s| s.key.clone())
+        };
+        for state in in_flight {
             let Phase::InFlight {
                 attempt,
                 started_at,
