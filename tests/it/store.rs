@@ -195,46 +195,5 @@ fn evidence_on_a_sharded_store(ledger: &StoreLedger<Sharded<Ledger>>, _: &Manual
 fn every_attempt_in_flight_gets_its_turn_past_the_first_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
-    let mut config = store_config(&clock);
-    config.reconcile = ReconcileConfig::new(
-        NotFoundPolicy::new(10_000, 2_000, 2).unwrap(),
-        4,
-        1_000,
-        8_000,
-        2,
-    )
-    .unwrap();
-    let ledger = StoreLedger::new(embedded(tmp.path(), &clock), config);
-    // "c" dies in flight; later "a" and "b" start and are within their lease: they come first
-    // in key order and fill a batch of two.
-    let Decision::Attempt(dead) = ledger.begin(&key("c"), &intent(100)).unwrap() else {
-        panic!()
-    };
-    drop(dead);
-    clock.advance(11_000);
-    let live: Vec<_> = ["a", "b"]
-        .iter()
-        .map(|k| ledger.begin(&key(k), &intent(100)).unwrap())
-        .collect();
-    let provider = Charges::default();
-    let listed: Vec<String> = ledger
-        .store()
-        .list(PhaseKind::InFlight, None, 2)
-        .unwrap()
-        .iter()
-        .map(|s| s.key.to_string())
-        .collect();
-    assert_eq!(listed, ["a", "b"], "the batch is full of live attempts");
-    let first = ledger.reconcile_once(&provider).unwrap();
-    let second = ledger.reconcile_once(&provider).unwrap();
-    assert_eq!(
-        first.abandoned + second.abandoned,
-        1,
-        "{first:?} {second:?}"
-    );
-    assert!(matches!(
-        ledger.state(&key("c")).unwrap().unwrap().phase,
-        Phase::Unknown { .. }
-    ));
-    drop(live);
+    every_attempt_in_flight_gets_its_turn(embedded(tmp.path(), &clock), &clock);
 }

@@ -403,3 +403,49 @@ pub fn evidence_settles_then_echoes_agree_then_contradictions_conflict<S: EventS
         None
     );
 }
+
+/// A batch full of live attempts (within their lease, first in key order) must not hide an
+/// expired one: the scan of attempts in flight resumes where the last pass stopped.
+pub fn every_attempt_in_flight_gets_its_turn<S: EventStore>(store: S, clock: &Arc<ManualClock>) {
+    let mut config = store_config(clock);
+    config.reconcile = ReconcileConfig::new(
+        NotFoundPolicy::new(10_000, 2_000, 2).unwrap(),
+        4,
+        1_000,
+        8_000,
+        2,
+    )
+    .unwrap();
+    let ledger = StoreLedger::new(store, config);
+    // "c" dies in flight; later "a" and "b" start and are within their lease.
+    let Decision::Attempt(dead) = ledger.begin(&key("c"), &intent(100)).unwrap() else {
+        panic!("a new key")
+    };
+    drop(dead);
+    clock.advance(11_000);
+    let live: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|k| ledger.begin(&key(k), &intent(100)).unwrap())
+        .collect();
+    let listed: Vec<String> = ledger
+        .store()
+        .list(PhaseKind::InFlight, None, 2)
+        .unwrap()
+        .iter()
+        .map(|s| s.key.to_string())
+        .collect();
+    assert_eq!(listed, ["a", "b"], "the batch is full of live attempts");
+    let provider = Charges::default();
+    let first = ledger.reconcile_once(&provider).unwrap();
+    let second = ledger.reconcile_once(&provider).unwrap();
+    assert_eq!(
+        first.abandoned + second.abandoned,
+        1,
+        "{first:?} {second:?}"
+    );
+    assert!(matches!(
+        ledger.state(&key("c")).unwrap().unwrap().phase,
+        Phase::Unknown { .. }
+    ));
+    drop(live);
+}
