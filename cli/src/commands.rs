@@ -27,6 +27,35 @@ const FOUND_PROBLEM: u8 = 1;
 /// Exit status of an export that stopped at damage after printing what it could.
 const EXPORT_STOPPED: u8 = 3;
 
+/// `simulate --store postgres`: chaos through the store seam against a PostgreSQL database.
+pub fn simulate_postgres(
+    seed: u64,
+    ops: u64,
+    keys: u64,
+    url: Option<String>,
+) -> payledger::Result<ExitCode> {
+    use payledger::sim::store_chaos::{StoreChaosConfig, run};
+    let Some(url) = url
+        .or_else(|| std::env::var("PAYLEDGER_PG_URL").ok())
+        .or_else(|| std::env::var("PAYLEDGER_BENCH_PG_URL").ok())
+    else {
+        eprintln!(
+            "error: --store postgres needs --pg-url (or PAYLEDGER_PG_URL); for a throwaway server: scripts/pg-throwaway.sh payledger simulate --store postgres"
+        );
+        return Ok(ExitCode::from(2));
+    };
+    println!("payledger simulate --store postgres: seed {seed}, {ops} ops, {keys} keys");
+    let store = payledger_postgres::PgStore::connect(&url)?;
+    store.migrate()?;
+    let report = run(store, StoreChaosConfig { seed, ops, keys })?;
+    println!("{report}");
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 pub fn simulate(config: SimConfig) -> payledger::Result<ExitCode> {
     println!(
         "payledger simulate: seed {}, {} ops, {} clients, {} keys, profile {}",

@@ -36,6 +36,15 @@ struct Cli {
     command: Command,
 }
 
+/// Which store `simulate` runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    /// The embedded journal and index on a simulated disk.
+    Embedded,
+    /// A PostgreSQL database, through the store seam.
+    Postgres,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a seeded, deterministic chaos simulation and check that no order is charged twice.
@@ -58,6 +67,16 @@ enum Command {
         /// Keep the resulting ledger in this (new or empty) directory for inspection.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The store: `embedded` (the full simulation on a simulated disk) or `postgres`
+        /// (chaos through the store seam against the database of `--pg-url`, which must hold
+        /// no earlier run).
+        #[arg(long, default_value = "embedded")]
+        store: StoreKind,
+        /// PostgreSQL connection string or URL for `--store postgres` (default: the
+        /// `PAYLEDGER_PG_URL` environment variable; `scripts/pg-throwaway.sh` sets
+        /// `PAYLEDGER_BENCH_PG_URL`, also read).
+        #[arg(long)]
+        pg_url: Option<String>,
     },
     /// Show a key's state and its full event timeline.
     Inspect {
@@ -185,10 +204,20 @@ fn main() -> ExitCode {
         Command::Simulate {
             seed,
             ops,
+            keys,
+            store: StoreKind::Postgres,
+            pg_url,
+            ..
+        } => commands::simulate_postgres(seed, ops, keys as u64, pg_url),
+        Command::Simulate {
+            seed,
+            ops,
             clients,
             keys,
             profile,
             dir,
+            store: StoreKind::Embedded,
+            pg_url: _,
         } => commands::simulate(SimConfig {
             seed,
             ops,

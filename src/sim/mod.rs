@@ -19,6 +19,7 @@ mod config;
 mod profile;
 mod provider;
 mod report;
+pub mod store_chaos;
 mod world;
 
 use crate::error::{Error, Result};

@@ -197,3 +197,31 @@ fn every_attempt_in_flight_gets_its_turn_past_the_first_batch() {
     let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
     every_attempt_in_flight_gets_its_turn(embedded(tmp.path(), &clock), &clock);
 }
+
+#[test]
+fn chaos_over_the_seam_holds_on_the_embedded_and_the_sharded_store() {
+    use payledger::sim::store_chaos::{StoreChaosConfig, run};
+    for seed in 0..4 {
+        let config = StoreChaosConfig {
+            seed,
+            ops: 1_500,
+            keys: 60,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
+        let report = run(embedded(tmp.path(), &clock), config).unwrap();
+        assert!(report.ok(), "embedded, seed {seed}:\n{report}");
+        assert!(report.steps["double clicks"] > 0 && report.steps["process crashes"] > 0);
+        let dirs = dirs();
+        let sharded_report = run(sharded(&dirs, &clock), config).unwrap();
+        assert!(
+            sharded_report.ok(),
+            "sharded, seed {seed}:\n{sharded_report}"
+        );
+        assert_eq!(
+            report.to_string(),
+            sharded_report.to_string(),
+            "the same seed, the same story, whatever the store"
+        );
+    }
+}

@@ -313,3 +313,22 @@ fn every_attempt_in_flight_gets_its_turn_on_postgres() {
     let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
     scenarios::every_attempt_in_flight_gets_its_turn(pg.store(), &clock);
 }
+
+#[test]
+fn chaos_through_the_seam_holds_on_postgres() {
+    use payledger::sim::store_chaos::{StoreChaosConfig, run};
+    let Some(pg) = Cluster::start() else { return };
+    let config = StoreChaosConfig {
+        seed: 7,
+        ops: 1_500,
+        keys: 60,
+    };
+    let report = run(pg.store(), config).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.double_charges, 0);
+    // The same seed on the embedded ledger tells the same story.
+    let tmp = tempfile::tempdir().unwrap();
+    let (ledger, _) =
+        payledger::Ledger::open(tmp.path(), payledger::LedgerConfig::default()).unwrap();
+    assert_eq!(run(ledger, config).unwrap().to_string(), report.to_string());
+}
