@@ -6,7 +6,8 @@
 //!   through `StoreLedger`;
 //! - `processes.rs`: two OS processes double-clicking the same keys;
 //! - `lost_commit.rs`: appends whose connection is lost before or after COMMIT;
-//! - `restart.rs`: the server restarted while a thread appends.
+//! - `restart.rs`: the server restarted while a thread appends;
+//! - `standby.rs`: a synchronous standby promoted after the primary dies holds every `Done`.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -18,6 +19,7 @@ mod contract;
 mod lost_commit;
 mod processes;
 mod restart;
+mod standby;
 
 use payledger::store::{Append, Appended, EventStore};
 use payledger::*;

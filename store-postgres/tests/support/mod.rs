@@ -7,7 +7,10 @@
 //! - PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user
 //!   (`nobody` if there is none): the directory is handed to that user and `initdb`/`pg_ctl`
 //!   run through `runuser -u USER --`;
-//! - the server keeps its durability defaults (`fsync`, `synchronous_commit` on).
+//! - the server keeps its durability defaults (`fsync`, `synchronous_commit` on);
+//! - [`Cluster::start_configured`] adds settings and `pg_hba.conf` lines (a primary with a
+//!   `replication` entry), and [`Cluster::standby`] makes a standby of a running cluster by
+//!   `pg_basebackup --write-recovery-conf`, in a directory and on a port of its own.
 //!
 //! With no server installed, [`Cluster::start`] prints one line and answers `None`, and the
 //! test passes without running — unless `PAYLEDGER_PG_REQUIRED` is set (CI sets it, after
@@ -46,6 +49,81 @@ impl Cluster {
 
     /// Starts a cluster with `settings` (`-c name=value`) over the defaults.
     pub fn start_with(settings: &[(&str, &str)]) -> Option<Cluster> {
+        Self::start_configured(settings, &[])
+    }
+
+    /// Starts a cluster with `settings` over the defaults and `hba_lines` appended to its
+    /// `pg_hba.conf` (e.g. a `replication` entry for a standby), or `None` when no server is
+    /// installed.
+    pub fn start_configured(settings: &[(&str, &str)], hba_lines: &[&str]) -> Option<Cluster> {
+        let mut cluster = Self::empty()?;
+        cluster.run(
+            "initdb",
+            &[
+                &format!("--pgdata={}", cluster.data().display()),
+                "--username=postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                // Only the initialisation skips fsync; the server keeps it on.
+                "--no-sync",
+            ],
+        );
+        if !hba_lines.is_empty() {
+            let mut hba = std::fs::OpenOptions::new()
+                .append(true)
+                .open(cluster.data().join("pg_hba.conf"))
+                .unwrap();
+            for line in hba_lines {
+                writeln!(hba, "{line}").unwrap();
+            }
+        }
+        cluster.set_options(settings);
+        cluster.start_again();
+        Some(cluster)
+    }
+
+    /// Starts a standby of this (running) cluster, under the name `application_name`: a new
+    /// directory and port, `pg_basebackup --write-recovery-conf` (which writes
+    /// `standby.signal` and a `primary_conninfo`), then a `primary_conninfo` that names the
+    /// standby `application_name` (what `synchronous_standby_names` lists), and the server
+    /// started with the default settings and `settings` over them.
+    pub fn standby(&self, application_name: &str, settings: &[(&str, &str)]) -> Cluster {
+        let mut standby = Self::empty().expect("a server is installed: its primary is running");
+        let conninfo = format!(
+            "host={} port={} user=postgres application_name={application_name}",
+            self.dir().display(),
+            self.port
+        );
+        standby.run(
+            "pg_basebackup",
+            &[
+                &format!("--pgdata={}", standby.data().display()),
+                &format!("--dbname={conninfo}"),
+                "--write-recovery-conf",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                // As `initdb --no-sync`: the copy's files are not flushed; the standby's own
+                // WAL flushes (what synchronous replication waits for) are.
+                "--no-sync",
+            ],
+        );
+        // `--write-recovery-conf` copies the connection's parameters; say it outright, last
+        // in the file so that it wins.
+        let mut auto = std::fs::OpenOptions::new()
+            .append(true)
+            .open(standby.data().join("postgresql.auto.conf"))
+            .unwrap();
+        writeln!(auto, "primary_conninfo = '{conninfo}'").unwrap();
+        assert!(standby.data().join("standby.signal").is_file());
+        standby.set_options(settings);
+        standby.start_again();
+        standby
+    }
+
+    /// A cluster not yet initialised: its private directory (the server user's) and a port;
+    /// `None`, after one line on stderr, when no server is installed.
+    fn empty() -> Option<Cluster> {
         let Some(bin) = server_bin() else {
             if std::env::var_os(REQUIRED_ENV).is_some() {
                 panic!("{REQUIRED_ENV} is set but no PostgreSQL server (initdb) was found");
@@ -73,32 +151,24 @@ impl Cluster {
             .local_addr()
             .unwrap()
             .port();
-        let mut cluster = Cluster {
+        Some(Cluster {
             dir,
             bin,
             port,
             run_as,
             options: String::new(),
-        };
-        cluster.run(
-            "initdb",
-            &[
-                &format!("--pgdata={}", cluster.data().display()),
-                "--username=postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-locale",
-                // Only the initialisation skips fsync; the server keeps it on.
-                "--no-sync",
-            ],
-        );
+        })
+    }
+
+    /// The server's settings: the defaults, `settings` over them.
+    fn set_options(&mut self, settings: &[(&str, &str)]) {
         let mut options: Vec<(String, String)> = [
             ("listen_addresses", "''".to_string()),
             (
                 "unix_socket_directories",
-                format!("'{}'", cluster.dir.path().display()),
+                format!("'{}'", self.dir.path().display()),
             ),
-            ("port", port.to_string()),
+            ("port", self.port.to_string()),
             ("max_connections", "100".to_string()),
             ("fsync", "on".to_string()),
             ("synchronous_commit", "on".to_string()),
@@ -111,13 +181,11 @@ impl Cluster {
             options.retain(|(n, _)| n != name);
             options.push((name.to_string(), value.to_string()));
         }
-        cluster.options = options
+        self.options = options
             .iter()
             .map(|(name, value)| format!("-c {name}={value}"))
             .collect::<Vec<_>>()
             .join(" ");
-        cluster.start_again();
-        Some(cluster)
     }
 
     /// The directory the cluster lives in (data, socket, log).
@@ -175,6 +243,17 @@ impl Cluster {
     /// `pg_ctl stop -m fast`.
     pub fn stop(&self) {
         self.pg_ctl(&["--mode=fast", "stop"]);
+    }
+
+    /// `pg_ctl stop -m immediate`: the server quits without a shutdown checkpoint, as if the
+    /// machine lost power (what it acknowledged is in its WAL, and a synchronous standby's).
+    pub fn stop_immediately(&self) {
+        self.pg_ctl(&["--mode=immediate", "stop"]);
+    }
+
+    /// `pg_ctl promote`: a standby ends recovery and accepts writes (`--wait`: once it does).
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote"]);
     }
 
     /// `pg_ctl start` (after [`Cluster::stop`]), with the cluster's settings.
