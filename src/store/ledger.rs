@@ -72,6 +72,9 @@ pub struct StoreTicket {
     key: IdempotencyKey,
     attempt: AttemptNumber,
     provider_reference: ProviderReference,
+    /// The key's state and version right after the attempt started: `record` appends at that
+    /// version without loading first (one round trip fewer), and loads only if it raced.
+    seen: Option<(PaymentState, u64)>,
 }
 
 impl StoreTicket {
@@ -129,7 +132,7 @@ impl<S: EventStore> StoreLedger<S> {
         let fingerprint = intent.fingerprint();
         let mut ticket = None;
         let mut answer = None;
-        self.write(key, |state| {
+        let written = self.write_seen(key, None, |state| {
             ticket = None;
             let plan = match state.decide(&fingerprint).into_attempt() {
                 Ok(plan) => plan,
@@ -154,9 +157,13 @@ impl<S: EventStore> StoreLedger<S> {
                 key: key.clone(),
                 attempt: plan.attempt,
                 provider_reference: reference,
+                seen: None,
             });
             Ok(kinds)
         })?;
+        if let Some(ticket) = &mut ticket {
+            ticket.seen = Some(written);
+        }
         match (ticket, answer) {
             (Some(ticket), _) => Ok(Decision::Attempt(ticket)),
             (None, Some(answer)) => Ok(answer.widen()),
@@ -172,9 +179,10 @@ impl<S: EventStore> StoreLedger<S> {
     ///
     /// # Errors
     /// The store's errors; [`Error::Rejected`] for a ticket whose attempt never started.
-    pub fn record(&self, ticket: StoreTicket, outcome: Outcome) -> Result<PaymentState> {
+    pub fn record(&self, mut ticket: StoreTicket, outcome: Outcome) -> Result<PaymentState> {
         let attempt = ticket.attempt;
-        self.write(&ticket.key, |state| {
+        let seen = ticket.seen.take();
+        self.write_seen(&ticket.key, seen, |state| {
             if matches!(state.phase, Phase::InFlight { attempt: a, .. } if a == attempt) {
                 return Ok(vec![EventKind::OutcomeReported {
                     attempt,
@@ -199,6 +207,7 @@ impl<S: EventStore> StoreLedger<S> {
                 finding,
             )?])
         })
+        .map(|(state, _)| state)
     }
 
     /// Records a webhook or settlement line about the charge attempt sent with `reference`:
@@ -375,16 +384,31 @@ impl<S: EventStore> StoreLedger<S> {
     fn write(
         &self,
         key: &IdempotencyKey,
-        mut decide: impl FnMut(&PaymentState) -> Result<Vec<EventKind>>,
+        decide: impl FnMut(&PaymentState) -> Result<Vec<EventKind>>,
     ) -> Result<PaymentState> {
+        self.write_seen(key, None, decide).map(|(state, _)| state)
+    }
+
+    /// As [`StoreLedger::write`], deciding first on `seen` (a state and version this process
+    /// wrote itself) instead of loading; a stale `seen` loses its compare-and-append and the
+    /// next try loads. Returns the state after and its version.
+    fn write_seen(
+        &self,
+        key: &IdempotencyKey,
+        mut seen: Option<(PaymentState, u64)>,
+        mut decide: impl FnMut(&PaymentState) -> Result<Vec<EventKind>>,
+    ) -> Result<(PaymentState, u64)> {
         for _ in 0..RACES_MAX {
-            let (state, version) = match self.store.load(key)? {
-                Some(stored) => (stored.state, stored.version),
-                None => (PaymentState::new(key.clone()), 0),
+            let (state, version) = match seen.take() {
+                Some(seen) => seen,
+                None => match self.store.load(key)? {
+                    Some(stored) => (stored.state, stored.version),
+                    None => (PaymentState::new(key.clone()), 0),
+                },
             };
             let kinds = decide(&state)?;
             if kinds.is_empty() {
-                return Ok(state);
+                return Ok((state, version));
             }
             let at = self.config.clock.now();
             let events: Vec<Event> = kinds
@@ -408,7 +432,7 @@ impl<S: EventStore> StoreLedger<S> {
                 next_query_at: self.config.reconcile.next_query_at_state(&after, last_at),
             };
             match self.store.append(append)? {
-                Appended::Done { .. } => return Ok(after),
+                Appended::Done { version } => return Ok((after, version)),
                 Appended::Raced => continue,
             }
         }

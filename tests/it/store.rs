@@ -66,6 +66,11 @@ fn not_found_is_trusted_only_after_the_wait_through_the_seam() {
 }
 
 #[test]
+fn a_late_outcome_after_a_take_over_is_evidence_through_the_seam() {
+    with_ledger(a_late_outcome_after_a_take_over_is_evidence);
+}
+
+#[test]
 fn evidence_through_the_seam_settles_agrees_and_conflicts() {
     with_ledger(|ledger, _| {
         evidence_settles_then_echoes_agree_then_contradictions_conflict(ledger)

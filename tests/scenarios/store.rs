@@ -449,3 +449,38 @@ pub fn every_attempt_in_flight_gets_its_turn<S: EventStore>(store: S, clock: &Ar
     ));
     drop(live);
 }
+
+/// A ticket whose lease expired while its provider call hung: the reconciler took the attempt
+/// over, so the ticket's view of the key is stale; its late outcome is recorded as evidence on
+/// the key as it is now, never over it.
+pub fn a_late_outcome_after_a_take_over_is_evidence<S: EventStore>(
+    ledger: &StoreLedger<S>,
+    clock: &ManualClock,
+) {
+    let provider = Charges::default();
+    let k = key("late-outcome");
+    let Decision::Attempt(ticket) = ledger.begin(&k, &intent(900)).unwrap() else {
+        panic!("a new key")
+    };
+    clock.advance(11_000);
+    // The provider has not charged yet: the query says "not found" (too early to trust).
+    assert_eq!(ledger.reconcile_once(&provider).unwrap().abandoned, 1);
+    let taken = ledger.state(&k).unwrap().unwrap();
+    assert!(matches!(taken.phase, Phase::Unknown { .. }), "{taken:?}");
+    let state = ledger
+        .record(
+            ticket,
+            Outcome::Succeeded {
+                transaction_id: TransactionId::new("ch_late").unwrap(),
+                amount: Amount::new(900).unwrap(),
+            },
+        )
+        .unwrap();
+    assert!(matches!(state.phase, Phase::Succeeded { .. }), "{state:?}");
+    let stored = ledger.state(&k).unwrap().unwrap();
+    assert_eq!(stored, state);
+    assert!(
+        stored.phase.name() == "succeeded",
+        "the late reply settled the unknown attempt as evidence"
+    );
+}

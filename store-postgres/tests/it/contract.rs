@@ -332,3 +332,8 @@ fn chaos_through_the_seam_holds_on_postgres() {
         payledger::Ledger::open(tmp.path(), payledger::LedgerConfig::default()).unwrap();
     assert_eq!(run(ledger, config).unwrap().to_string(), report.to_string());
 }
+
+#[test]
+fn a_late_outcome_after_a_take_over_is_evidence_on_postgres() {
+    with_ledger(scenarios::a_late_outcome_after_a_take_over_is_evidence);
+}
