@@ -40,7 +40,7 @@ pub fn simulate_postgres(
         .or_else(|| std::env::var("PAYLEDGER_BENCH_PG_URL").ok())
     else {
         eprintln!(
-            "error: --store postgres needs --pg-url (or PAYLEDGER_PG_URL); for a throwaway server: scripts/pg-throwaway.sh payledger simulate --store postgres"
+            "error: --store postgres needs --pg-url (or PAYLEDGER_PG_URL); for a throwaway server: scripts/pg-throwaway.sh cargo run --release -- simulate --store postgres"
         );
         return Ok(ExitCode::from(2));
     };
