@@ -21,8 +21,13 @@ use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use futures::future::join_all;
-use payledger::asynchronous::{AsyncConfig, AsyncLedger, AsyncProvider};
+use payledger::asynchronous::{AsyncConfig, AsyncLedger};
 use payledger::*;
+
+#[path = "common/instant.rs"]
+mod instant;
+
+use instant::{Instant0, intent};
 
 struct Options {
     callers: usize,
@@ -81,43 +86,6 @@ impl Options {
 
 fn parse<T: std::str::FromStr>(s: &str) -> Result<T, String> {
     s.parse().map_err(|_| format!("not a number: {s}"))
-}
-
-fn intent() -> Intent {
-    Intent {
-        amount: Amount::new(4_999).unwrap(),
-        currency: Currency::new("EUR").unwrap(),
-        account: AccountId::new("acct_bench").unwrap(),
-        customer: CustomerRef::new("cus_bench").unwrap(),
-        description: None,
-        metadata: Metadata::default(),
-    }
-}
-
-/// A provider that charges at once, blocking or async.
-struct Instant0;
-
-impl Provider for Instant0 {
-    fn charge(&self, request: &ChargeRequest) -> ChargeReply {
-        ChargeReply::Charged {
-            transaction_id: format!("ch_{}", request.provider_reference),
-            amount_minor: request.amount.minor(),
-        }
-    }
-    fn query(&self, _: &ProviderReference) -> QueryReply {
-        QueryReply::NotFound
-    }
-}
-
-impl AsyncProvider for Instant0 {
-    fn charge(&self, request: &ChargeRequest) -> impl Future<Output = ChargeReply> + Send {
-        let reply = Provider::charge(self, request);
-        async move { reply }
-    }
-    fn query(&self, reference: &ProviderReference) -> impl Future<Output = QueryReply> + Send {
-        let reply = Provider::query(self, reference);
-        async move { reply }
-    }
 }
 
 const DEADLINE: Duration = Duration::from_secs(5);

@@ -18,6 +18,11 @@ use std::time::{Duration, Instant};
 use payledger::store::{EventStore, ShardMap, Sharded, StoreConfig, StoreLedger};
 use payledger::*;
 
+#[path = "common/instant.rs"]
+mod instant;
+
+use instant::{Instant0, intent};
+
 struct Options {
     callers: Vec<usize>,
     seconds: f64,
@@ -59,31 +64,6 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         }
     }
     Ok(options)
-}
-
-fn intent() -> Intent {
-    Intent {
-        amount: Amount::new(4_999).unwrap(),
-        currency: Currency::new("EUR").unwrap(),
-        account: AccountId::new("acct_bench").unwrap(),
-        customer: CustomerRef::new("cus_bench").unwrap(),
-        description: None,
-        metadata: Metadata::default(),
-    }
-}
-
-struct Instant0;
-
-impl Provider for Instant0 {
-    fn charge(&self, request: &ChargeRequest) -> ChargeReply {
-        ChargeReply::Charged {
-            transaction_id: format!("ch_{}", request.provider_reference),
-            amount_minor: request.amount.minor(),
-        }
-    }
-    fn query(&self, _: &ProviderReference) -> QueryReply {
-        QueryReply::NotFound
-    }
 }
 
 /// A way to charge one fresh key.

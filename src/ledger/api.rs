@@ -266,16 +266,13 @@ impl Ledger {
             Ok(ticket) => ticket,
             Err(other) => return Ok(ChargeReport::not_called(other)),
         };
-        let request = ChargeRequest::new(
+        let outcome = call_provider(
+            provider,
             intent,
             ticket.attempt,
             ticket.provider_reference.clone(),
             deadline,
         );
-        let started = Instant::now();
-        let reply = provider.charge(&request);
-        let outcome = outcome_within(reply, started.elapsed(), deadline);
-        crate::telemetry::provider_call(started.elapsed());
         let state = self.record(ticket, outcome.clone())?;
         Ok(ChargeReport {
             called_provider: true,
@@ -286,10 +283,7 @@ impl Ledger {
 
     /// Refuses a provider deadline that is not shorter than the ticket lease.
     pub(crate) fn check_deadline(&self, deadline: Duration) -> Result<()> {
-        let lease_ms = self.inner.config.ticket_lease_ms;
-        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-        check_range("deadline_ms", deadline_ms, 1, lease_ms - 1)?;
-        Ok(())
+        check_deadline(deadline, self.inner.config.ticket_lease_ms)
     }
 
     /// Records a webhook or settlement line about the attempt sent with `reference`: one of the
@@ -366,6 +360,30 @@ impl Ledger {
         tracing::info!(phase = after.state.phase.name(), "resolved by operator");
         Ok(after.state)
     }
+}
+
+/// Refuses a provider deadline that is not shorter than a ticket lease of `lease_ms`.
+pub(crate) fn check_deadline(deadline: Duration, lease_ms: u64) -> Result<()> {
+    let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+    check_range("deadline_ms", deadline_ms, 1, lease_ms - 1)?;
+    Ok(())
+}
+
+/// One provider charge call for `attempt`, bounded by `deadline`, as an outcome to record;
+/// its latency goes to the metrics.
+pub(crate) fn call_provider(
+    provider: &dyn Provider,
+    intent: &Intent,
+    attempt: AttemptNumber,
+    reference: ProviderReference,
+    deadline: Duration,
+) -> Outcome {
+    let request = ChargeRequest::new(intent, attempt, reference, deadline);
+    let started = Instant::now();
+    let reply = provider.charge(&request);
+    let elapsed = started.elapsed();
+    crate::telemetry::provider_call(elapsed);
+    outcome_within(reply, elapsed, deadline)
 }
 
 /// What a provider's `reply` means once the call took `elapsed`: a reply after the deadline is

@@ -13,18 +13,18 @@
 //!   from when it became unknown, and the policy's skew margin covers the clocks' difference.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Append, Appended, EventStore};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::ledger::{ChargeReport, outcome_within};
+use crate::ledger::{ChargeReport, call_provider, check_deadline};
 use crate::model::{
     AttemptNumber, Decision, Event, EventKind, EvidenceSource, Finding, IdempotencyKey, Intent,
     Outcome, PaymentState, Phase, PhaseKind, ProviderReference, ReconcileConfig, Rejection,
-    ReviewReason, UnixMillis, UnknownReason, Verdict, apply, check_range,
+    ReviewReason, UnixMillis, UnknownReason, Verdict, apply,
 };
-use crate::provider::{ChargeRequest, Provider};
+use crate::provider::Provider;
 use crate::reconcile::ReconcileReport;
 use crate::sync::lock;
 
@@ -253,27 +253,19 @@ impl<S: EventStore> StoreLedger<S> {
         provider: &dyn Provider,
         deadline: Duration,
     ) -> Result<ChargeReport> {
-        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-        check_range(
-            "deadline_ms",
-            deadline_ms,
-            1,
-            self.config.ticket_lease_ms - 1,
-        )?;
+        check_deadline(deadline, self.config.ticket_lease_ms)?;
         let fingerprint = intent.fingerprint();
         let ticket = match self.begin(key, intent)?.into_attempt() {
             Ok(ticket) => ticket,
             Err(other) => return Ok(ChargeReport::not_called(other)),
         };
-        let request = ChargeRequest::new(
+        let outcome = call_provider(
+            provider,
             intent,
             ticket.attempt,
             ticket.provider_reference.clone(),
             deadline,
         );
-        let started = Instant::now();
-        let reply = provider.charge(&request);
-        let outcome = outcome_within(reply, started.elapsed(), deadline);
         let state = self.record(ticket, outcome.clone())?;
         Ok(ChargeReport {
             called_provider: true,
