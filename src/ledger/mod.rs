@@ -78,9 +78,9 @@ use crate::model::{AttemptNumber, IdempotencyKey, UnixMillis};
 use crate::model::{Event, EventKind};
 
 pub use alerts::{Alert, AlertThresholds};
-pub(crate) use api::{call_provider, check_deadline};
 #[cfg(feature = "async")]
 pub(crate) use api::outcome_within;
+pub(crate) use api::{call_provider, check_deadline};
 pub use config::LedgerConfig;
 pub use operations::OperationBegin;
 pub use replies::{
