@@ -42,12 +42,12 @@ groups=${*:-model gate format recovery}
 for group in $groups; do
   case $group in
     model) run model src/model/fold.rs src/model/state.rs src/model/decide.rs src/model/evidence.rs \
-             -- model ;;
+             -- model operations:: ;;
     gate) run gate src/gate.rs -- ledger:: promise:: ledger_props ;;
     format) run format src/journal/format.rs \
-              -- journal:: journal_props power_loss segment_fixtures codec ;;
+              -- journal:: journal_recovery journal_props power_loss segment_fixtures codec ;;
     recovery) run recovery src/journal/recovery.rs \
-                -- journal:: journal_props power_loss promise::every_flipped ;;
+                -- journal:: journal_recovery journal_props power_loss promise::every_flipped ;;
     *) echo "unknown group $group" >&2; exit 2 ;;
   esac
 done

@@ -93,7 +93,6 @@ impl PaymentState {
                 }
             }
             (Phase::Succeeded { .. }, Finding::Declined { .. }) if current => Verdict::Contradicts,
-            (Phase::Declined { .. }, Finding::Declined { .. }) if current => Verdict::Agrees,
             // Everything else is about an attempt the ledger holds as not charged: a charge
             // there is exactly the double charge this crate exists to surface.
             (_, Finding::Charged { .. }) => Verdict::Contradicts,

@@ -909,3 +909,257 @@ fn decisions_cover_every_phase() {
         }
     );
 }
+
+/// The names are metric labels and log fields (docs/metrics.md lists them) and the texts are
+/// what an operator reads: both are part of the interface, one per decision.
+#[test]
+fn decisions_name_and_describe_themselves() {
+    let fp = intent().fingerprint();
+    let seen = |phase: &str| {
+        let decision = PaymentState::fold(key(), &given(phase))
+            .unwrap()
+            .decide(&fp);
+        (decision.name(), decision.to_string())
+    };
+    let expected = [
+        ("vacant", "attempt", "call the provider"),
+        ("in-flight", "in-flight", "attempt 1 in flight"),
+        (
+            "unknown",
+            "awaiting-reconciliation",
+            "attempt 1 awaiting reconciliation",
+        ),
+        ("in-review", "in-review", "attempt 1 in review"),
+        ("succeeded", "already-succeeded", "already succeeded (tx_1)"),
+        (
+            "declined",
+            "already-declined",
+            "already declined (card_declined)",
+        ),
+        (
+            "exhausted",
+            "attempts-exhausted",
+            "attempts exhausted after attempt 16",
+        ),
+        ("conflict", "in-conflict", "conflict on attempt 1"),
+    ];
+    for (phase, name, text) in expected {
+        assert_eq!(seen(phase), (name, text.to_string()), "decision in {phase}");
+    }
+    let mut other = intent();
+    other.amount = Amount::new(2_000).unwrap();
+    let reused = PaymentState::fold(key(), &given("succeeded"))
+        .unwrap()
+        .decide(&other.fingerprint());
+    assert_eq!(reused.name(), "key-reused");
+    assert_eq!(reused.to_string(), "key reused with a different intent");
+}
+
+/// `weigh`, every phase against every finding, about the attempt in doubt and about an earlier
+/// attempt the key holds as not charged (attempt 1 not sent, attempt 2 current).
+#[test]
+fn evidence_is_weighed_against_the_attempt_it_names() {
+    let declined_finding = || Finding::Declined {
+        code: DeclineCode::new("card_declined").unwrap(),
+    };
+    let wrong_amount = || Finding::Charged {
+        transaction_id: txn("tx_c"),
+        amount: Amount::new(999).unwrap(),
+    };
+    // The events that bring a key into `phase` with `current` as its last attempt.
+    let state = |phase: &str, current: u32| {
+        let mut events = vec![recorded()];
+        for attempt in 1..current {
+            events.push(started(attempt));
+            events.push(outcome(
+                attempt,
+                Outcome::NotSent {
+                    reason: NotSentReason::ConnectionRefused,
+                },
+            ));
+        }
+        events.push(started(current));
+        match phase {
+            "in-flight" => {}
+            "unknown" => events.push(outcome(current, timeout())),
+            "in-review" => events.extend([outcome(current, timeout()), escalated(current)]),
+            "succeeded" => events.push(outcome(current, succeeded_outcome("tx_held"))),
+            "declined" => events.push(outcome(current, declined_outcome())),
+            _ => unreachable!("{phase}"),
+        }
+        let state = PaymentState::fold(key(), &events).unwrap();
+        assert_eq!(state.phase.name(), phase);
+        state
+    };
+    for current in [1, 2] {
+        let cur = n(current);
+        for phase in ["in-flight", "unknown", "in-review"] {
+            let s = state(phase, current);
+            assert_eq!(
+                s.weigh(cur, &charged("tx_c")),
+                Ok(Verdict::Settles(Phase::Succeeded {
+                    attempt: cur,
+                    transaction_id: txn("tx_c"),
+                    amount: amount(),
+                })),
+                "{phase}: a charge of the attempt in doubt settles it"
+            );
+            assert_eq!(
+                s.weigh(cur, &wrong_amount()),
+                Ok(Verdict::Contradicts),
+                "{phase}: the wrong amount"
+            );
+            assert_eq!(
+                s.weigh(cur, &declined_finding()),
+                Ok(Verdict::Settles(Phase::Declined {
+                    attempt: cur,
+                    code: DeclineCode::new("card_declined").unwrap(),
+                })),
+                "{phase}: a decline of the attempt in doubt settles it"
+            );
+        }
+        let succeeded = state("succeeded", current);
+        let held = Finding::Charged {
+            transaction_id: txn("tx_held"),
+            amount: amount(),
+        };
+        assert_eq!(succeeded.weigh(cur, &held), Ok(Verdict::Agrees), "an echo");
+        assert_eq!(
+            succeeded.weigh(cur, &charged("tx_other")),
+            Ok(Verdict::Contradicts),
+            "another transaction for the succeeded attempt"
+        );
+        assert_eq!(
+            succeeded.weigh(cur, &wrong_amount()),
+            Ok(Verdict::Contradicts)
+        );
+        let held_id_wrong_amount = Finding::Charged {
+            transaction_id: txn("tx_held"),
+            amount: Amount::new(999).unwrap(),
+        };
+        assert_eq!(
+            succeeded.weigh(cur, &held_id_wrong_amount),
+            Ok(Verdict::Contradicts),
+            "the held transaction with another amount"
+        );
+        assert_eq!(
+            succeeded.weigh(cur, &declined_finding()),
+            Ok(Verdict::Contradicts),
+            "a decline of the succeeded attempt"
+        );
+        let declined = state("declined", current);
+        assert_eq!(
+            declined.weigh(cur, &charged("tx_c")),
+            Ok(Verdict::Contradicts)
+        );
+        assert_eq!(
+            declined.weigh(cur, &declined_finding()),
+            Ok(Verdict::Agrees)
+        );
+    }
+    // Attempt 1 was not sent: a charge for it is the double charge, a decline tells nothing.
+    for phase in ["in-flight", "unknown", "in-review", "succeeded", "declined"] {
+        let s = state(phase, 2);
+        assert_eq!(
+            s.weigh(n(1), &charged("tx_c")),
+            Ok(Verdict::Contradicts),
+            "{phase}: a charge for attempt 1"
+        );
+        assert_eq!(
+            s.weigh(n(1), &declined_finding()),
+            Ok(Verdict::Agrees),
+            "{phase}: a decline for attempt 1"
+        );
+    }
+    assert_eq!(
+        state("in-flight", 1).weigh(n(2), &declined_finding()),
+        Err(RejectionReason::UnknownAttempt { attempt: 2 })
+    );
+}
+
+/// A "not found" the ledger stamped with its own monotonic wait is trusted on that wait, never
+/// on the wall-clock gap between events, and the wait it records only grows.
+#[test]
+fn a_not_found_is_trusted_on_the_wait_the_ledger_measured() {
+    let after = |waited_ms| QueryAnswer::NotFoundAfterWait {
+        policy: NotFoundPolicy::new(1_000, 0, 2).unwrap(),
+        waited_ms,
+    };
+    let mut events = given("unknown");
+    // The wall clock says hours passed; the ledger measured 400 ms.
+    events.push(queried(9_000_000, 1, after(400)));
+    events.push(queried(9_000_100, 1, after(999)));
+    let state = PaymentState::fold(key(), &events).unwrap();
+    assert!(
+        matches!(
+            state.phase,
+            Phase::Unknown {
+                queries: 2,
+                not_found_streak: 2,
+                waited_ms: 999,
+                ..
+            }
+        ),
+        "two answers, but 999 ms measured: {:?}",
+        state.phase
+    );
+    let lower = apply(&state, &queried(9_000_200, 1, after(10))).unwrap();
+    assert!(
+        matches!(
+            lower.phase,
+            Phase::Unknown {
+                not_found_streak: 3,
+                waited_ms: 999,
+                ..
+            }
+        ),
+        "a shorter measurement does not lower the wait: {:?}",
+        lower.phase
+    );
+    check(events, queried(9_000_300, 1, after(1_000)), Ok(ready(2)));
+}
+
+/// A contradiction about the attempt still open (a charge of another amount) takes the phase:
+/// there is no other attempt for the conflict to wait beside.
+#[test]
+fn a_contradiction_about_the_open_attempt_is_the_conflict() {
+    let wrong = Finding::Charged {
+        transaction_id: txn("tx_w"),
+        amount: Amount::new(999).unwrap(),
+    };
+    for phase in ["in-flight", "unknown", "in-review"] {
+        check(
+            given(phase),
+            conflict(1, wrong.clone()),
+            Ok(Phase::Conflict {
+                attempt: n(1),
+                source: EvidenceSource::Webhook,
+                finding: wrong.clone(),
+                since: UnixMillis(T0 + 40),
+            }),
+        );
+    }
+}
+
+#[test]
+fn phase_kinds_parse_from_their_names_and_finality_is_per_phase() {
+    for kind in PhaseKind::ALL {
+        assert_eq!(kind.name().parse::<PhaseKind>(), Ok(kind));
+    }
+    let unknown = "settled".parse::<PhaseKind>().unwrap_err();
+    assert!(unknown.starts_with("unknown state \"settled\"; one of: vacant, ready,"));
+    for (phase, is_final) in [
+        ("vacant", false),
+        ("ready", false),
+        ("in-flight", false),
+        ("unknown", false),
+        ("in-review", false),
+        ("succeeded", true),
+        ("declined", true),
+        ("exhausted", true),
+        ("conflict", true),
+    ] {
+        let state = PaymentState::fold(key(), &given(phase)).unwrap();
+        assert_eq!(state.phase.is_final(), is_final, "{phase}");
+    }
+}
