@@ -2,8 +2,9 @@
 //! one store (PostgreSQL) keep the embedded ledger's promise.
 //!
 //! Invariants:
-//! - every decision is the model's (`PaymentState::decide`, `apply`, `weigh`) on the state the
-//!   store loaded; every write is a compare-and-append at the version that state had, so a
+//! - every decision is the model's (`PaymentState::decide`, `apply`, `weigh`) on a state the
+//!   key had (loaded from the store, written by this process, or — for `begin` — the empty state
+//!   of a new key); every write is a compare-and-append at the version that state had, so a
 //!   process that decided on a stale state writes nothing, loads again and decides again: two
 //!   processes double-clicking one key start one attempt between them;
 //! - a ticket is valid only in its lease: an attempt in flight longer than `ticket_lease_ms` is
@@ -126,13 +127,19 @@ impl<S: EventStore> StoreLedger<S> {
 
     /// The gate: as [`Ledger::begin`](crate::Ledger::begin), across processes.
     ///
+    /// Most keys a service begins are new, so `begin` first decides as if the key had no
+    /// events and appends at version 0 without loading: one round trip for a new key. A key
+    /// that has events makes that append lose (it writes nothing), and `begin` loads and
+    /// decides on what is there, as after any lost race: one round trip more for a retry.
+    ///
     /// # Errors
     /// The store's errors; [`Error::Contended`] if other writers kept winning.
     pub fn begin(&self, key: &IdempotencyKey, intent: &Intent) -> Result<Decision<StoreTicket>> {
         let fingerprint = intent.fingerprint();
         let mut ticket = None;
         let mut answer = None;
-        let written = self.write_seen(key, None, |state| {
+        let new_key = (PaymentState::new(key.clone()), 0);
+        let written = self.write_seen(key, Some(new_key), |state| {
             ticket = None;
             let plan = match state.decide(&fingerprint).into_attempt() {
                 Ok(plan) => plan,

@@ -21,9 +21,10 @@
 //! callers (threads) charge in a closed loop, a fresh key per charge, for a window; a charge
 //! counts if it completed inside it.
 //!
-//! - `StoreLedger<PgStore>`: `StoreLedger::charge_once`: `begin` (load + one append: intent
-//!   and attempt) and `record` (load + one append: the outcome), each append one statement in
-//!   its own transaction; the pool keeps one connection per caller.
+//! - `StoreLedger<PgStore>`: `StoreLedger::charge_once`: `begin` (one append: intent and
+//!   attempt, decided for a new key without loading) and `record` (one append: the outcome, at
+//!   the version `begin` wrote), each append one statement in its own transaction; the pool
+//!   keeps one connection per caller.
 //! - `brandur (postgres)`: Stripe's idempotency-key protocol as written up by Brandur Leach
 //!   (<https://brandur.org/idempotency-keys>), copied from the root's `benches/peers.rs`:
 //!   transaction 1 inserts the key row at recovery point `started` and the pending charge,

@@ -13,10 +13,13 @@ use postgres::Client;
 use crate::error::PgError;
 
 /// The newest schema version this crate knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Every migration, in order: version `i + 1` is `MIGRATIONS[i]`.
-const MIGRATIONS: [(i32, &str); 1] = [(1, include_str!("../migrations/0001_events.sql"))];
+const MIGRATIONS: [(i32, &str); 2] = [
+    (1, include_str!("../migrations/0001_events.sql")),
+    (2, include_str!("../migrations/0002_no_foreign_keys.sql")),
+];
 
 const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION);
 const _: () = {

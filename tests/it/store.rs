@@ -230,3 +230,87 @@ fn chaos_over_the_seam_holds_on_the_embedded_and_the_sharded_store() {
         );
     }
 }
+
+/// Counts the calls a `StoreLedger` makes (each is a round trip on a database store).
+struct Counting<S> {
+    inner: S,
+    loads: std::sync::atomic::AtomicU32,
+    appends: std::sync::atomic::AtomicU32,
+}
+
+impl<S: payledger::store::EventStore> payledger::store::EventStore for Counting<S> {
+    fn load(&self, key: &IdempotencyKey) -> Result<Option<payledger::store::StoredKey>> {
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.load(key)
+    }
+    fn append(&self, append: payledger::store::Append<'_>) -> Result<payledger::store::Appended> {
+        self.appends
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.append(append)
+    }
+    fn list(
+        &self,
+        phase: PhaseKind,
+        after: Option<&IdempotencyKey>,
+        limit: usize,
+    ) -> Result<Vec<PaymentState>> {
+        self.inner.list(phase, after, limit)
+    }
+    fn key_of(&self, reference: &ProviderReference) -> Result<Option<IdempotencyKey>> {
+        self.inner.key_of(reference)
+    }
+    fn due(&self, now: UnixMillis, limit: usize) -> Result<Vec<IdempotencyKey>> {
+        self.inner.due(now, limit)
+    }
+}
+
+/// A new key's charge is two appends and no load (one round trip each on a database); a
+/// retry of a key with events loses its first append (writing nothing), loads, and answers
+/// from what is there.
+#[test]
+fn a_new_key_is_begun_without_a_load_and_a_retry_loads() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
+    let store = Counting {
+        inner: embedded(tmp.path(), &clock),
+        loads: 0.into(),
+        appends: 0.into(),
+    };
+    let ledger = StoreLedger::new(store, store_config(&clock));
+    let calls = |ledger: &StoreLedger<Counting<Ledger>>| {
+        let store = ledger.store();
+        (store.loads.swap(0, Relaxed), store.appends.swap(0, Relaxed))
+    };
+    let k = key("new-then-retried");
+    let ticket = match ledger.begin(&k, &intent(700)).unwrap() {
+        Decision::Attempt(ticket) => ticket,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(calls(&ledger), (0, 1), "begin of a new key: one append");
+    let outcome = Outcome::Succeeded {
+        transaction_id: TransactionId::new("tx_1").unwrap(),
+        amount: Amount::new(700).unwrap(),
+    };
+    ledger.record(ticket, outcome).unwrap();
+    assert_eq!(calls(&ledger), (0, 1), "record after begin: one append");
+
+    let retried = ledger.begin(&k, &intent(700)).unwrap();
+    assert!(
+        matches!(retried, Decision::AlreadySucceeded { .. }),
+        "{retried:?}"
+    );
+    assert_eq!(
+        calls(&ledger),
+        (1, 1),
+        "a retry: a lost append, then a load"
+    );
+    let state = ledger.state(&k).unwrap().unwrap();
+    assert_eq!(state.attempts_started, 1, "the lost append wrote nothing");
+    assert_eq!(
+        ledger.store().inner.history(&k).unwrap().len(),
+        3,
+        "intent, attempt, outcome"
+    );
+}

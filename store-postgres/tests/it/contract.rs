@@ -154,6 +154,52 @@ fn a_stale_append_writes_nothing_anywhere() {
     assert_eq!(counts, [2, 0, 1, 1], "events, scheduled, lists, references");
 }
 
+/// A database created by version 1 of the schema (with foreign keys from the derived tables)
+/// is upgraded in place: what it held still loads, and the constraints are gone.
+#[test]
+fn a_version_1_database_is_upgraded_in_place() {
+    let Some(pg) = Cluster::start() else { return };
+    let mut admin = pg.admin();
+    admin
+        .batch_execute(
+            "CREATE TABLE payledger_schema_version (
+                version    integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            );
+            INSERT INTO payledger_schema_version (version) VALUES (1);",
+        )
+        .unwrap();
+    admin
+        .batch_execute(include_str!("../../migrations/0001_events.sql"))
+        .unwrap();
+    let foreign_keys = |admin: &mut payledger_postgres::postgres::Client| -> i64 {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_constraint
+                 WHERE contype = 'f' AND conrelid::regclass::text LIKE 'payledger_%'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(foreign_keys(&mut admin), 3);
+
+    let store = PgStore::connect(&pg.params()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), Some(1));
+    let k = key("from-v1");
+    let written = events(&k, intent_and_attempt(&k, 700));
+    assert_eq!(
+        append_events(&store, &k, 0, &written, None).unwrap(),
+        Appended::Done { version: 2 }
+    );
+    assert_eq!(store.migrate().unwrap(), 1, "found version 1");
+    assert_eq!(store.schema_version().unwrap(), Some(SCHEMA_VERSION));
+    assert_eq!(foreign_keys(&mut admin), 0);
+    let loaded = store.load(&k).unwrap().expect("kept");
+    assert_eq!(loaded.version, 2);
+    assert_eq!(loaded.state.phase.name(), "in-flight");
+}
+
 #[test]
 fn migrations_are_idempotent_and_a_newer_schema_is_refused() {
     let Some(pg) = Cluster::start() else { return };
