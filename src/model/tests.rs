@@ -731,6 +731,15 @@ fn a_charge_of_the_wrong_amount_is_a_conflict() {
     let state = PaymentState::fold(key(), &given("in-flight")).unwrap();
     let next = apply(&state, &outcome(1, wrong)).unwrap();
     assert_eq!(next.phase.name(), "conflict");
+    // The customer was charged all the same: the charge is the key's, for a refund to return.
+    assert_eq!(
+        next.charges,
+        vec![Charge {
+            attempt: n(1),
+            transaction_id: txn("tx_1"),
+            amount: Amount::new(999).unwrap(),
+        }]
+    );
     assert_eq!(
         state.weigh(
             n(1),
@@ -1071,6 +1080,15 @@ fn evidence_is_weighed_against_the_attempt_it_names() {
             "{phase}: a decline for attempt 1"
         );
     }
+    // Even the transaction attempt 2 succeeded with, reported for attempt 1, is not an echo.
+    let held_for_attempt_1 = Finding::Charged {
+        transaction_id: txn("tx_held"),
+        amount: amount(),
+    };
+    assert_eq!(
+        state("succeeded", 2).weigh(n(1), &held_for_attempt_1),
+        Ok(Verdict::Contradicts)
+    );
     assert_eq!(
         state("in-flight", 1).weigh(n(2), &declined_finding()),
         Err(RejectionReason::UnknownAttempt { attempt: 2 })

@@ -259,6 +259,41 @@ fn every_operation_phase_and_step_behaves_as_a_charge_does() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// A key with a refund is listed under its own phase and under the refund's list while the
+/// refund needs attention (in flight, unknown, in review, in conflict): what the operator tools
+/// and the stores' `list` show.
+#[test]
+fn a_key_is_listed_under_its_operation_phase_while_the_operation_needs_attention() {
+    let k = key("listed-with-a-refund");
+    for (phase, lists) in [
+        ("ready", vec![PhaseKind::Succeeded]),
+        (
+            "in-flight",
+            vec![PhaseKind::Succeeded, PhaseKind::OperationInFlight],
+        ),
+        (
+            "unknown",
+            vec![PhaseKind::Succeeded, PhaseKind::OperationUnknown],
+        ),
+        (
+            "in-review",
+            vec![PhaseKind::Succeeded, PhaseKind::OperationInReview],
+        ),
+        ("succeeded", vec![PhaseKind::Succeeded]),
+        ("declined", vec![PhaseKind::Succeeded]),
+        (
+            "conflict",
+            vec![PhaseKind::Succeeded, PhaseKind::OperationConflict],
+        ),
+    ] {
+        assert_eq!(
+            with_refund_in(&k, phase).listed_as(),
+            lists,
+            "refund {phase}"
+        );
+    }
+}
+
 #[test]
 fn bounds_are_refused_by_the_fold_before_anything_is_sent() {
     let k = key("bounds");

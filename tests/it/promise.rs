@@ -190,8 +190,15 @@ fn a_hung_provider_call_becomes_unknown_when_its_lease_expires() {
         std::thread::yield_now();
     }
     assert!(matches!(phase(&ledger, &k), Phase::InFlight { .. }));
-    // Long after any lease, the reconciler takes the attempt over.
+    // Within its lease the live ticket is left alone: its caller may still record the reply.
     let reconciler = Reconciler::new(ledger.clone(), Arc::clone(&fake));
+    reconciler.run_once().unwrap();
+    assert!(
+        matches!(phase(&ledger, &k), Phase::InFlight { .. }),
+        "a live ticket within its lease is not taken over: {:?}",
+        phase(&ledger, &k)
+    );
+    // Long after any lease, the reconciler takes the attempt over.
     clock.advance(3_600_000);
     reconciler.run_once().unwrap();
     assert!(
