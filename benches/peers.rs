@@ -91,8 +91,6 @@ const RAW_FILE_LEN: u64 = 1 << 20;
 const PRELOAD_THREADS: usize = 32;
 /// SQLite's busy timeout: how long a caller waits for the write lock before the charge fails.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The schema the PostgreSQL contender creates, and drops at the end.
-const PG_SCHEMA: &str = "payledger_peers";
 
 /// The one request every charge makes, in the ledger's types and as the SQL stores keep it.
 const AMOUNT_MINOR: u32 = 4_999;
@@ -719,61 +717,14 @@ fn check_finished(store: &str, finished: i64, completed: u64) -> Result<(), Stri
 }
 
 // --- postgres ---
+//
+// The protocol (tables, statements, the two transactions) is `common/brandur_pg.rs`, shared
+// with `store-postgres/benches/pg.rs`; the schema it creates is dropped at the end.
 
-/// The same tables as SQLite's, in Brandur's PostgreSQL types.
-const PG_SCHEMA_SQL: &str = "
-    CREATE TABLE idempotency_keys (
-        id              BIGSERIAL   PRIMARY KEY,
-        created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
-        idempotency_key TEXT        NOT NULL CHECK (char_length(idempotency_key) <= 100),
-        last_run_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
-        locked_at       TIMESTAMPTZ DEFAULT now(),
-        request_method  TEXT        NOT NULL,
-        request_params  JSONB       NOT NULL,
-        request_path    TEXT        NOT NULL,
-        response_code   INT,
-        response_body   JSONB,
-        recovery_point  TEXT        NOT NULL,
-        user_id         BIGINT      NOT NULL,
-        UNIQUE (user_id, idempotency_key)
-    );
-    CREATE TABLE charges (
-        id                 BIGSERIAL PRIMARY KEY,
-        idempotency_key_id BIGINT    NOT NULL UNIQUE REFERENCES idempotency_keys (id),
-        amount_minor       BIGINT    NOT NULL,
-        currency           TEXT      NOT NULL,
-        status             TEXT      NOT NULL,
-        transaction_id     TEXT
-    );";
+#[path = "common/brandur_pg.rs"]
+mod brandur_pg;
 
-const PG_INSERT_KEY: &str = "
-    INSERT INTO idempotency_keys (idempotency_key, request_method, request_params, request_path,
-                                  recovery_point, user_id)
-    VALUES ($1, 'POST', $2::text::jsonb, '/charges', 'started', $3)
-    ON CONFLICT (user_id, idempotency_key) DO NOTHING
-    RETURNING id";
-const PG_INSERT_CHARGE: &str = "
-    INSERT INTO charges (idempotency_key_id, amount_minor, currency, status)
-    VALUES ($1, $2, $3, 'pending')";
-const PG_FINISH_CHARGE: &str = "
-    UPDATE charges SET status = 'succeeded', transaction_id = $2 WHERE idempotency_key_id = $1";
-const PG_FINISH_KEY: &str = "
-    UPDATE idempotency_keys
-    SET last_run_at = now(), locked_at = NULL, recovery_point = 'finished', response_code = 201,
-        response_body = $2::text::jsonb
-    WHERE id = $1";
-/// The preload, in two statements: finished keys `order-0` .. `order-(N-1)`, then their charges.
-const PG_PRELOAD_KEYS: &str = "
-    INSERT INTO idempotency_keys (idempotency_key, locked_at, request_method, request_params,
-                                  request_path, recovery_point, user_id, response_code,
-                                  response_body)
-    SELECT 'order-' || n, NULL, 'POST', $1::text::jsonb, '/charges', 'finished', $2, 201,
-           jsonb_build_object('id', 'ch_' || n, 'status', 'succeeded', 'amount', $3::bigint,
-                              'currency', $4::text)
-    FROM generate_series(0, $5::bigint - 1) AS n";
-const PG_PRELOAD_CHARGES: &str = "
-    INSERT INTO charges (idempotency_key_id, amount_minor, currency, status, transaction_id)
-    SELECT id, $1, $2, 'succeeded', response_body ->> 'id' FROM idempotency_keys";
+use brandur_pg::PG_SCHEMA;
 
 struct Postgres {
     url: String,
@@ -787,30 +738,7 @@ impl Postgres {
             version: String::new(),
         };
         let mut client = store.connect();
-        client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE; CREATE SCHEMA {PG_SCHEMA};
-                 SET search_path TO {PG_SCHEMA}; {PG_SCHEMA_SQL}"
-            ))
-            .expect("create the postgres tables");
-        let preload = i64::try_from(preload).expect("a preload that fits in a bigint");
-        let amount = i64::from(AMOUNT_MINOR);
-        client
-            .execute(
-                PG_PRELOAD_KEYS,
-                &[&REQUEST_PARAMS, &USER_ID, &amount, &CURRENCY, &preload],
-            )
-            .expect("preload the postgres keys");
-        client
-            .execute(PG_PRELOAD_CHARGES, &[&amount, &CURRENCY])
-            .expect("preload the postgres charges");
-        // One statement per call: several in one string would run as one transaction, and
-        // VACUUM refuses to run inside one.
-        for table in ["idempotency_keys", "charges"] {
-            client
-                .batch_execute(&format!("VACUUM ANALYZE {table}"))
-                .expect("analyze a preloaded table");
-        }
+        brandur_pg::create(&mut client, preload).expect("create and preload the postgres tables");
         store.version = client
             .query_one("SHOW server_version", &[])
             .and_then(|row| row.try_get(0))
@@ -847,91 +775,36 @@ impl Store for Postgres {
 
     fn session(&self, _caller: usize) -> Box<dyn Session + '_> {
         let mut client = self.connect();
-        let mut prepare = |sql| client.prepare(sql).expect("prepare a statement");
-        let statements = PgStatements {
-            insert_key: prepare(PG_INSERT_KEY),
-            insert_charge: prepare(PG_INSERT_CHARGE),
-            finish_charge: prepare(PG_FINISH_CHARGE),
-            finish_key: prepare(PG_FINISH_KEY),
-        };
+        let statements =
+            brandur_pg::Statements::prepare(&mut client).expect("prepare the statements");
         Box::new(PostgresSession { client, statements })
     }
 
     fn check(&self, completed: u64) -> Result<(), String> {
-        let finished: i64 = self
-            .connect()
-            .query_one(
-                "SELECT count(*) FROM idempotency_keys WHERE recovery_point = 'finished'",
-                &[],
-            )
-            .and_then(|row| row.try_get(0))
+        let finished = brandur_pg::finished(&mut self.connect())
             .map_err(|error| format!("count finished keys: {error}"))?;
         check_finished("postgres", finished, completed)
     }
 }
 
-struct PgStatements {
-    insert_key: postgres::Statement,
-    insert_charge: postgres::Statement,
-    finish_charge: postgres::Statement,
-    finish_key: postgres::Statement,
-}
-
 struct PostgresSession {
     client: postgres::Client,
-    statements: PgStatements,
-}
-
-impl PostgresSession {
-    /// Transaction 1; returns the key row's id.
-    fn start(&mut self, n: u64) -> i64 {
-        let statements = &self.statements;
-        let mut tx = read_committed(&mut self.client);
-        let row = tx
-            .query_opt(
-                &statements.insert_key,
-                &[&key_text(n), &REQUEST_PARAMS, &USER_ID],
-            )
-            .expect("insert the key");
-        let Some(row) = row else {
-            panic!("postgres: key {n} existed before its first request")
-        };
-        let key_id: i64 = row.get(0);
-        let amount = i64::from(AMOUNT_MINOR);
-        tx.execute(&statements.insert_charge, &[&key_id, &amount, &CURRENCY])
-            .expect("insert the charge");
-        tx.commit().expect("commit transaction 1");
-        key_id
-    }
-
-    /// Transaction 2.
-    fn finish(&mut self, key_id: i64, transaction_id: &str) {
-        let statements = &self.statements;
-        let mut tx = read_committed(&mut self.client);
-        tx.execute(&statements.finish_charge, &[&key_id, &transaction_id])
-            .expect("finish the charge");
-        tx.execute(
-            &statements.finish_key,
-            &[&key_id, &response_body(transaction_id)],
-        )
-        .expect("finish the key");
-        tx.commit().expect("commit transaction 2");
-    }
-}
-
-fn read_committed(client: &mut postgres::Client) -> postgres::Transaction<'_> {
-    client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::ReadCommitted)
-        .start()
-        .expect("begin a postgres transaction")
+    statements: brandur_pg::Statements,
 }
 
 impl Session for PostgresSession {
     fn charge(&mut self, n: u64) -> Result<(), Busy> {
-        let key_id = self.start(n);
+        let key_id = self
+            .statements
+            .start(&mut self.client, n)
+            .expect("transaction 1");
+        let Some(key_id) = key_id else {
+            panic!("postgres: key {n} existed before its first request")
+        };
         let transaction_id = provider_charge(n);
-        self.finish(key_id, &transaction_id);
+        self.statements
+            .finish(&mut self.client, key_id, &transaction_id)
+            .expect("transaction 2");
         Ok(())
     }
 }

@@ -26,7 +26,7 @@
 //!   the version `begin` wrote), each append one statement in its own transaction; the pool
 //!   keeps one connection per caller.
 //! - `brandur (postgres)`: Stripe's idempotency-key protocol as written up by Brandur Leach
-//!   (<https://brandur.org/idempotency-keys>), copied from the root's `benches/peers.rs`:
+//!   (<https://brandur.org/idempotency-keys>), `benches/common/brandur_pg.rs` (shared with the root's `benches/peers.rs`):
 //!   transaction 1 inserts the key row at recovery point `started` and the pending charge,
 //!   transaction 2 marks the charge succeeded and the key `finished` with its response. Read
 //!   committed, one connection per caller, prepared statements, in its own schema of the same
@@ -323,9 +323,12 @@ impl Session for EmbeddedSession<'_> {
 
 // --- Brandur's protocol on PostgreSQL ---
 //
-// Copied from the root's benches/peers.rs (its `postgres` contender: `PG_SCHEMA_SQL`,
-// `PG_INSERT_KEY`, `PG_INSERT_CHARGE`, `PG_FINISH_CHARGE`, `PG_FINISH_KEY`, the preload and
-// `PostgresSession`), which this crate cannot import; keep the two in step.
+// The protocol itself (tables, statements, the two transactions) is
+// `benches/common/brandur_pg.rs`, shared with the root's `benches/peers.rs`; the order below is
+// the same as there.
+
+#[path = "../../benches/common/brandur_pg.rs"]
+mod brandur_pg;
 
 const AMOUNT_MINOR: u32 = 4_999;
 const CURRENCY: &str = "EUR";
@@ -338,60 +341,6 @@ const REQUEST_PARAMS: &str = concat!(
 );
 /// Brandur's keys are unique per user; every request here comes from one.
 const USER_ID: i64 = 1;
-/// The schema the protocol's tables live in, beside payledger's in the same database.
-const PG_SCHEMA: &str = "payledger_peers";
-
-const PG_SCHEMA_SQL: &str = "
-    CREATE TABLE idempotency_keys (
-        id              BIGSERIAL   PRIMARY KEY,
-        created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
-        idempotency_key TEXT        NOT NULL CHECK (char_length(idempotency_key) <= 100),
-        last_run_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
-        locked_at       TIMESTAMPTZ DEFAULT now(),
-        request_method  TEXT        NOT NULL,
-        request_params  JSONB       NOT NULL,
-        request_path    TEXT        NOT NULL,
-        response_code   INT,
-        response_body   JSONB,
-        recovery_point  TEXT        NOT NULL,
-        user_id         BIGINT      NOT NULL,
-        UNIQUE (user_id, idempotency_key)
-    );
-    CREATE TABLE charges (
-        id                 BIGSERIAL PRIMARY KEY,
-        idempotency_key_id BIGINT    NOT NULL UNIQUE REFERENCES idempotency_keys (id),
-        amount_minor       BIGINT    NOT NULL,
-        currency           TEXT      NOT NULL,
-        status             TEXT      NOT NULL,
-        transaction_id     TEXT
-    );";
-const PG_INSERT_KEY: &str = "
-    INSERT INTO idempotency_keys (idempotency_key, request_method, request_params, request_path,
-                                  recovery_point, user_id)
-    VALUES ($1, 'POST', $2::text::jsonb, '/charges', 'started', $3)
-    ON CONFLICT (user_id, idempotency_key) DO NOTHING
-    RETURNING id";
-const PG_INSERT_CHARGE: &str = "
-    INSERT INTO charges (idempotency_key_id, amount_minor, currency, status)
-    VALUES ($1, $2, $3, 'pending')";
-const PG_FINISH_CHARGE: &str = "
-    UPDATE charges SET status = 'succeeded', transaction_id = $2 WHERE idempotency_key_id = $1";
-const PG_FINISH_KEY: &str = "
-    UPDATE idempotency_keys
-    SET last_run_at = now(), locked_at = NULL, recovery_point = 'finished', response_code = 201,
-        response_body = $2::text::jsonb
-    WHERE id = $1";
-const PG_PRELOAD_KEYS: &str = "
-    INSERT INTO idempotency_keys (idempotency_key, locked_at, request_method, request_params,
-                                  request_path, recovery_point, user_id, response_code,
-                                  response_body)
-    SELECT 'order-' || n, NULL, 'POST', $1::text::jsonb, '/charges', 'finished', $2, 201,
-           jsonb_build_object('id', 'ch_' || n, 'status', 'succeeded', 'amount', $3::bigint,
-                              'currency', $4::text)
-    FROM generate_series(0, $5::bigint - 1) AS n";
-const PG_PRELOAD_CHARGES: &str = "
-    INSERT INTO charges (idempotency_key_id, amount_minor, currency, status, transaction_id)
-    SELECT id, $1, $2, 'succeeded', response_body ->> 'id' FROM idempotency_keys";
 
 fn response_body(transaction_id: &str) -> String {
     format!(
@@ -407,36 +356,14 @@ struct Brandur<'a> {
 impl<'a> Brandur<'a> {
     fn open(cluster: &'a support::Cluster, preload: u64) -> Self {
         let this = Self { cluster };
-        let mut client = this.connect();
-        client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE; CREATE SCHEMA {PG_SCHEMA};
-                 SET search_path TO {PG_SCHEMA}; {PG_SCHEMA_SQL}"
-            ))
-            .unwrap();
-        let preload = i64::try_from(preload).unwrap();
-        let amount = i64::from(AMOUNT_MINOR);
-        client
-            .execute(
-                PG_PRELOAD_KEYS,
-                &[&REQUEST_PARAMS, &USER_ID, &amount, &CURRENCY, &preload],
-            )
-            .unwrap();
-        client
-            .execute(PG_PRELOAD_CHARGES, &[&amount, &CURRENCY])
-            .unwrap();
-        for table in ["idempotency_keys", "charges"] {
-            client
-                .batch_execute(&format!("VACUUM ANALYZE {table}"))
-                .unwrap();
-        }
+        brandur_pg::create(&mut this.cluster.admin(), preload).unwrap();
         this
     }
 
     fn connect(&self) -> postgres::Client {
         let mut client = self.cluster.admin();
         client
-            .batch_execute(&format!("SET search_path TO {PG_SCHEMA}"))
+            .batch_execute(&format!("SET search_path TO {}", brandur_pg::PG_SCHEMA))
             .unwrap();
         client
     }
@@ -449,24 +376,12 @@ impl Store for Brandur<'_> {
 
     fn session(&self) -> Box<dyn Session + '_> {
         let mut client = self.connect();
-        let mut prepare = |sql| client.prepare(sql).unwrap();
-        let statements = [
-            prepare(PG_INSERT_KEY),
-            prepare(PG_INSERT_CHARGE),
-            prepare(PG_FINISH_CHARGE),
-            prepare(PG_FINISH_KEY),
-        ];
+        let statements = brandur_pg::Statements::prepare(&mut client).unwrap();
         Box::new(BrandurSession { client, statements })
     }
 
     fn check(&self, completed: u64) -> Result<(), String> {
-        let finished: i64 = self
-            .connect()
-            .query_one(
-                "SELECT count(*) FROM idempotency_keys WHERE recovery_point = 'finished'",
-                &[],
-            )
-            .and_then(|row| row.try_get(0))
+        let finished = brandur_pg::finished(&mut self.connect())
             .map_err(|error| format!("count finished keys: {error}"))?;
         check_finished(self.name(), finished, completed)
     }
@@ -474,46 +389,20 @@ impl Store for Brandur<'_> {
 
 struct BrandurSession {
     client: postgres::Client,
-    /// insert key, insert charge, finish charge, finish key.
-    statements: [postgres::Statement; 4],
+    statements: brandur_pg::Statements,
 }
 
 impl Session for BrandurSession {
     fn charge(&mut self, n: u64) {
-        let [insert_key, insert_charge, finish_charge, finish_key] = &self.statements;
-        // Transaction 1: the key row, started and locked, and the pending charge.
-        let mut tx = read_committed(&mut self.client);
-        let row = tx
-            .query_opt(insert_key, &[&key_text(n), &REQUEST_PARAMS, &USER_ID])
-            .unwrap();
-        let Some(row) = row else {
+        let Some(key_id) = self.statements.start(&mut self.client, n).unwrap() else {
             panic!("postgres: key {n} existed before its first request")
         };
-        let key_id: i64 = row.get(0);
-        tx.execute(
-            insert_charge,
-            &[&key_id, &i64::from(AMOUNT_MINOR), &CURRENCY],
-        )
-        .unwrap();
-        tx.commit().unwrap();
         // The provider answers at once.
         let transaction_id = format!("ch_{n}");
-        // Transaction 2: the charge succeeded, the key finished with its response.
-        let mut tx = read_committed(&mut self.client);
-        tx.execute(finish_charge, &[&key_id, &transaction_id])
+        self.statements
+            .finish(&mut self.client, key_id, &transaction_id)
             .unwrap();
-        tx.execute(finish_key, &[&key_id, &response_body(&transaction_id)])
-            .unwrap();
-        tx.commit().unwrap();
     }
-}
-
-fn read_committed(client: &mut postgres::Client) -> postgres::Transaction<'_> {
-    client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::ReadCommitted)
-        .start()
-        .unwrap()
 }
 
 fn check_finished(store: &str, finished: i64, completed: u64) -> Result<(), String> {
