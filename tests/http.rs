@@ -162,6 +162,8 @@ struct Setup {
     deadline: Duration,
     /// The service is pointed at a closed port instead of the provider.
     provider_unreachable: bool,
+    /// The async adapter's workers and queue.
+    pool: AsyncConfig,
 }
 
 impl Default for Setup {
@@ -170,6 +172,10 @@ impl Default for Setup {
             behaviour: Behaviour::default(),
             deadline: DEADLINE,
             provider_unreachable: false,
+            pool: AsyncConfig {
+                workers: 16,
+                queue: 1_024,
+            },
         }
     }
 }
@@ -202,11 +208,7 @@ where
             ..LedgerConfig::default()
         };
         let (ledger, _) = Ledger::open(dir.path(), config).unwrap();
-        let async_config = AsyncConfig {
-            workers: 16,
-            queue: 1_024,
-        };
-        let ledger = AsyncLedger::new(ledger, async_config).unwrap();
+        let ledger = AsyncLedger::new(ledger, setup.pool).unwrap();
         let service_config = ServiceConfig {
             deadline: setup.deadline,
             reconcile_every: Duration::from_millis(20),
@@ -517,5 +519,65 @@ fn a_decline_is_402_and_replayed_as_such() {
         assert_eq!(again.status, declined.status);
         assert_eq!(again.json, declined.json);
         assert_eq!(world.provider.stats().charges_processed, 1);
+    });
+}
+
+/// An overloaded service refuses new payments with `503` and `Retry-After`, having charged and
+/// recorded nothing for them, but never refuses the provider's answer to a payment it admitted.
+#[test]
+fn an_overloaded_service_refuses_new_payments_and_never_loses_an_admitted_one() {
+    let setup = Setup {
+        pool: AsyncConfig {
+            workers: 1,
+            queue: 2,
+        },
+        ..Setup::default()
+    };
+    run(setup, |world| async move {
+        let world = std::sync::Arc::new(world);
+        let mut requests = tokio::task::JoinSet::new();
+        for n in 0..60 {
+            let world = world.clone();
+            requests.spawn(async move {
+                let key = format!("order-rush-{n}");
+                let reply = world.pay(&key, &order(1_500)).await;
+                (key, reply)
+            });
+        }
+        let mut refused = Vec::new();
+        let mut charged = 0;
+        for (key, reply) in requests.join_all().await {
+            if reply.status == StatusCode::CREATED {
+                assert_eq!(reply.json["status"], "succeeded", "{reply:?}");
+                charged += 1;
+            } else {
+                assert!(
+                    reply
+                        .problem(StatusCode::SERVICE_UNAVAILABLE)
+                        .ends_with("/overloaded"),
+                    "{reply:?}"
+                );
+                assert_eq!(reply.retry_after.as_deref(), Some("1"));
+                refused.push(key);
+            }
+        }
+        assert!(
+            !refused.is_empty(),
+            "one worker and a queue of 2 overflowed"
+        );
+        assert!(charged > 0, "the admitted payments completed");
+        assert_eq!(
+            world.provider.stats().charges_processed,
+            charged,
+            "a refused payment charged nothing; every admitted one charged once"
+        );
+        for key in &refused {
+            let reply = world.get(&format!("/payments/{key}")).await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{key}: {reply:?}");
+            let retried = world.pay(key, &order(1_500)).await;
+            assert_eq!(retried.status, StatusCode::CREATED, "{key}: {retried:?}");
+            assert!(!retried.replayed);
+        }
+        assert_eq!(world.provider.stats().charges_processed, 60);
     });
 }

@@ -130,9 +130,11 @@ impl AsyncLedger {
             .call(move |ledger| ledger.begin_authorization(&key, &intent, multiple_captures))
     }
 
-    /// [`Ledger::record`].
+    /// [`Ledger::record`]. Never refused with [`Error::Overloaded`](crate::Error::Overloaded):
+    /// the attempt was admitted by its `begin`, and its outcome always queues.
     pub fn record(&self, ticket: Ticket, outcome: Outcome) -> Reply<PaymentState> {
-        self.pool.call(move |ledger| ledger.record(ticket, outcome))
+        self.pool
+            .complete(move |ledger| ledger.record(ticket, outcome))
     }
 
     /// [`Ledger::charge_once`] with an async provider: `begin` and `record` run on the pool,
@@ -211,14 +213,15 @@ impl AsyncLedger {
             .call(move |ledger| ledger.begin_operation(&key, kind, &request_id, amount))
     }
 
-    /// [`Ledger::record_operation`].
+    /// [`Ledger::record_operation`]. Never refused with
+    /// [`Error::Overloaded`](crate::Error::Overloaded), as [`AsyncLedger::record`].
     pub fn record_operation(
         &self,
         ticket: OperationTicket,
         outcome: Outcome,
     ) -> Reply<PaymentState> {
         self.pool
-            .call(move |ledger| ledger.record_operation(ticket, outcome))
+            .complete(move |ledger| ledger.record_operation(ticket, outcome))
     }
 
     /// [`Ledger::resolve_operation`].

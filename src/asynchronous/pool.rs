@@ -1,14 +1,23 @@
-//! The worker pool: a bounded queue of jobs, worker threads running them, oneshot replies.
+//! The worker pool: one queue of jobs, worker threads running them, oneshot replies; new calls
+//! are admitted up to a bound, the outcomes of calls already admitted always.
 //!
-//! Invariant: a job accepted by [`Pool::call`] runs exactly once, on a worker, even if the
-//! caller drops its [`Reply`]; a job refused (queue full, pool shut) never runs.
+//! Invariants:
+//! - a job accepted by [`Pool::call`] or [`Pool::complete`] runs exactly once, on a worker,
+//!   even if the caller drops its [`Reply`]; a job refused (queue full, pool shut) never runs;
+//! - at most `queue` new calls wait for a worker; only new calls are refused for overload. The
+//!   outcome of an attempt admitted earlier (a provider's answer to record) always queues:
+//!   refusing it would turn a known charge into an unknown one. Outcomes need no bound of their
+//!   own: each admitted ticket is recorded at most once.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crossbeam_channel::{Receiver, Sender};
 use futures_channel::oneshot;
 
 use crate::error::{Error, Result};
@@ -22,8 +31,9 @@ pub struct AsyncConfig {
     /// commit's `fdatasync`), so this bounds the calls in progress: to share a sync among N
     /// concurrent requests, allow N workers. 1..=1024; default 64.
     pub workers: usize,
-    /// Calls that may wait for a worker before [`Error::Overloaded`] is answered. 1..=1,000,000;
-    /// default 4,096.
+    /// New calls that may wait for a worker before [`Error::Overloaded`] is answered.
+    /// 1..=1,000,000; default 4,096. Outcomes of admitted attempts (`record`,
+    /// `record_operation`) are never refused: they queue beyond this bound.
     pub queue: usize,
 }
 
@@ -41,6 +51,8 @@ type Job = Box<dyn FnOnce(&Ledger) + Send>;
 /// The worker threads and the sending side of their queue.
 pub(super) struct Pool {
     sender: Option<Sender<Job>>,
+    /// New calls queued and not started yet (at most `queue`).
+    waiting: Arc<AtomicUsize>,
     queue: usize,
     workers: Vec<JoinHandle<()>>,
 }
@@ -59,7 +71,8 @@ impl Pool {
     pub(super) fn start(ledger: &Ledger, config: AsyncConfig) -> Result<Self> {
         check_range("workers", config.workers as u64, 1, 1_024)?;
         check_range("queue", config.queue as u64, 1, 1_000_000)?;
-        let (sender, receiver) = crossbeam_channel::bounded::<Job>(config.queue);
+        // Unbounded: new calls are bounded by `waiting`, outcomes by the tickets admitted.
+        let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
         let mut workers = Vec::with_capacity(config.workers);
         for n in 0..config.workers {
             let ledger = ledger.clone();
@@ -72,12 +85,14 @@ impl Pool {
         }
         Ok(Self {
             sender: Some(sender),
+            waiting: Arc::new(AtomicUsize::new(0)),
             queue: config.queue,
             workers,
         })
     }
 
-    /// Queues `job` now and answers its result through the returned future.
+    /// Queues the new call `job` now, or refuses it if the queue is full, and answers its
+    /// result through the returned future.
     pub(super) fn call<T, F>(&self, job: F) -> Reply<T>
     where
         T: Send + 'static,
@@ -86,22 +101,54 @@ impl Pool {
         let Some(sender) = &self.sender else {
             return Reply::refused(Error::WorkerLost);
         };
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |ledger| {
-            // The caller may have dropped its future: the job ran all the same.
-            let _ = tx.send(job(ledger));
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            crate::telemetry::overloaded();
+            return Reply::refused(Error::Overloaded { queue: self.queue });
+        }
+        let waiting = Arc::clone(&self.waiting);
+        let (job, reply) = replying(move |ledger| {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            job(ledger)
         });
-        match sender.try_send(job) {
-            Ok(()) => Reply {
-                state: State::Queued(rx),
-            },
-            Err(TrySendError::Full(_)) => {
-                crate::telemetry::overloaded();
-                Reply::refused(Error::Overloaded { queue: self.queue })
-            }
-            Err(TrySendError::Disconnected(_)) => Reply::refused(Error::WorkerLost),
+        match sender.send(job) {
+            Ok(()) => reply,
+            Err(_) => Reply::refused(Error::WorkerLost),
         }
     }
+
+    /// Queues `job`, the outcome of an attempt admitted earlier; never refused for overload.
+    pub(super) fn complete<T, F>(&self, job: F) -> Reply<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ledger) -> Result<T> + Send + 'static,
+    {
+        let Some(sender) = &self.sender else {
+            return Reply::refused(Error::WorkerLost);
+        };
+        let (job, reply) = replying(job);
+        match sender.send(job) {
+            Ok(()) => reply,
+            Err(_) => Reply::refused(Error::WorkerLost),
+        }
+    }
+}
+
+/// `job` as a queued job that sends its result to the returned reply.
+fn replying<T, F>(job: F) -> (Job, Reply<T>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Ledger) -> Result<T> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move |ledger| {
+        // The caller may have dropped its future: the job ran all the same.
+        let _ = tx.send(job(ledger));
+    });
+    let reply = Reply {
+        state: State::Queued(rx),
+    };
+    (job, reply)
 }
 
 impl Drop for Pool {

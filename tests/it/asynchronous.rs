@@ -115,6 +115,52 @@ fn a_full_queue_answers_overloaded_at_once_and_writes_nothing() {
     assert_eq!(block_on(ledger.state(&k)).unwrap(), None, "nothing written");
 }
 
+/// A provider's answer is never refused for overload: its attempt was admitted when `begin`
+/// was, and refusing its outcome would turn a known charge into an unknown one.
+#[test]
+fn a_full_queue_still_takes_the_outcome_of_an_admitted_attempt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = AsyncConfig {
+        workers: 1,
+        queue: 1,
+    };
+    let ledger = open(tmp.path(), &clock(), config);
+    let k = key("async-outcome-under-overload");
+    let Begin::Attempt(ticket) = block_on(ledger.begin(&k, &intent(900))).unwrap() else {
+        panic!("a new key");
+    };
+    let Begin::Attempt(operation_ticket) = block_on(ledger.begin_authorization(
+        &key("async-hold-under-overload"),
+        &intent(900),
+        false,
+    ))
+    .unwrap() else {
+        panic!("a new key");
+    };
+    let release = hold_the_worker(&ledger);
+    let queued = ledger.state(&key("async-someone-else"));
+    assert!(matches!(
+        block_on(ledger.state(&k)),
+        Err(Error::Overloaded { queue: 1 })
+    ));
+    let paid = Outcome::Succeeded {
+        transaction_id: TransactionId::new("ch_overload").unwrap(),
+        amount: Amount::new(900).unwrap(),
+    };
+    let recorded = ledger.record(ticket, paid);
+    let authorised = Outcome::Succeeded {
+        transaction_id: TransactionId::new("auth_overload").unwrap(),
+        amount: Amount::new(900).unwrap(),
+    };
+    let held = ledger.record(operation_ticket, authorised);
+    drop(release);
+    let state = block_on(recorded).unwrap();
+    assert!(matches!(state.phase, Phase::Succeeded { .. }), "{state:?}");
+    let hold = block_on(held).unwrap();
+    assert_eq!(hold.sums().authorized, 900);
+    assert_eq!(block_on(queued).unwrap(), None);
+}
+
 #[test]
 fn a_dropped_future_does_not_cancel_its_call() {
     let tmp = tempfile::tempdir().unwrap();
