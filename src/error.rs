@@ -171,9 +171,10 @@ pub enum Error {
         races: u32,
     },
 
-    /// The async adapter's queue is full: the request was not queued and nothing was written.
-    /// Answer "try again later" (HTTP 503 with `Retry-After`); the same request may be retried.
-    #[error("overloaded: the ledger's queue of {queue} requests is full")]
+    /// The async adapter's queue of new calls is full: the request was not queued and nothing
+    /// was written. Answer "try again later" (HTTP 503 with `Retry-After`); the same request
+    /// may be retried. (The outcome of an admitted attempt is never refused.)
+    #[error("overloaded: the ledger's queue of {queue} new requests is full")]
     Overloaded {
         /// The queue's capacity.
         queue: usize,

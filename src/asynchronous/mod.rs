@@ -10,8 +10,9 @@
 //! - a request is queued when its method is *called*, not when its future is first polled, and
 //!   once queued it runs to the end whatever happens to the future: dropping a future never
 //!   cancels an append (see [`AsyncLedger`] for the state each call leaves a key in);
-//! - the queue is bounded: a full queue refuses the request at once with
-//!   [`Error::Overloaded`](crate::Error::Overloaded), having written nothing;
+//! - new calls are bounded: when `AsyncConfig::queue` of them wait, the next is refused at
+//!   once with [`Error::Overloaded`](crate::Error::Overloaded), having written nothing; the
+//!   outcome of an admitted attempt (`record`, `record_operation`) is never refused;
 //! - the adapter adds no decision of its own: every answer is the blocking API's.
 
 mod ledger;

@@ -101,8 +101,13 @@ impl Pool {
         let Some(sender) = &self.sender else {
             return Reply::refused(Error::WorkerLost);
         };
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        // A refusal leaves the count untouched, so it never refuses another call by accident.
+        let admitted = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (waiting < self.queue).then_some(waiting + 1)
+            });
+        if admitted.is_err() {
             crate::telemetry::overloaded();
             return Reply::refused(Error::Overloaded { queue: self.queue });
         }
@@ -113,7 +118,10 @@ impl Pool {
         });
         match sender.send(job) {
             Ok(()) => reply,
-            Err(_) => Reply::refused(Error::WorkerLost),
+            Err(_) => {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                Reply::refused(Error::WorkerLost)
+            }
         }
     }
 

@@ -111,7 +111,12 @@ impl Ledger {
             true => Some("rebuild requested".to_string()),
             false => check_index_chain(&index, &journal)?.or(reason),
         };
-        let replayed = replay::catch_up(&journal, &index, &config.reconcile)?;
+        let start = match rebuild_reason {
+            // Created, recreated or cleared just now.
+            Some(_) => replay::Start::Empty,
+            None => replay::Start::Existing,
+        };
+        let replayed = replay::catch_up(&journal, &index, &config.reconcile, start)?;
         let index_report = match rebuild_reason {
             Some(reason) => {
                 tracing::warn!(%reason, events = replayed.events, "index rebuilt from the journal");
@@ -157,7 +162,7 @@ impl Ledger {
         let (journal, journal_report) =
             Journal::open_read_only(Arc::clone(&config.storage), dir, || Ok(Sequence(0)))?;
         let index = MemIndex::default();
-        let replayed = replay::catch_up(&journal, &index, &config.reconcile)?;
+        let replayed = replay::catch_up(&journal, &index, &config.reconcile, replay::Start::Empty)?;
         let index = live_index(Box::new(index), &config)?;
         let ledger = Ledger {
             inner: Arc::new(Inner::new(journal, index, config)),

@@ -23,7 +23,7 @@ mod policy;
 mod rejection;
 mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use decide::{AttemptPlan, Decision};
 pub use event::{

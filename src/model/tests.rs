@@ -14,7 +14,8 @@ fn key() -> IdempotencyKey {
     IdempotencyKey::new("order-1").unwrap()
 }
 
-fn intent() -> Intent {
+/// An intent of 1,000 EUR cents (shared with the crate's other unit tests).
+pub(crate) fn intent() -> Intent {
     Intent {
         amount: Amount::new(1_000).unwrap(),
         currency: Currency::new("EUR").unwrap(),
