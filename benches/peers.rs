@@ -74,8 +74,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use payledger::journal::{Journal, JournalConfig};
 use payledger::{
-    AccountId, Amount, Begin, Currency, CustomerRef, Description, IdempotencyKey, Intent, Ledger,
-    LedgerConfig, Metadata, Outcome, TransactionId,
+    AccountId, Amount, Begin, Currency, CustomerRef, Description, IdempotencyKey, IndexEngine,
+    Intent, Ledger, LedgerConfig, Metadata, Outcome, TransactionId,
 };
 use rusqlite::{ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tempfile::TempDir;
@@ -119,13 +119,15 @@ struct Options {
     window: Duration,
     rounds: usize,
     preload: u64,
+    /// payledger's index engine.
+    engine: IndexEngine,
     postgres_url: Option<String>,
     /// The arguments as given, for the command line printed in the report.
     args: Vec<String>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench peers -- [--smoke|--test] [--callers 1,8,32,64] \
-                     [--seconds S] [--rounds R] [--preload N]
+                     [--seconds S] [--rounds R] [--preload N] [--engine sled|fjall]
 PostgreSQL joins when PAYLEDGER_BENCH_PG_URL is set (scripts/pg-throwaway.sh sets it)";
 
 impl Options {
@@ -159,6 +161,7 @@ impl Options {
                 "--seconds" => options.window = parse_seconds(&value()?)?,
                 "--rounds" => options.rounds = parse_count(flag, &value()?)?,
                 "--preload" => options.preload = parse_count(flag, &value()?)?,
+                "--engine" => options.engine = parse_engine(&value()?)?,
                 // `cargo bench NAME` hands NAME to every bench as a filter.
                 filter if !filter.starts_with('-') => filters.push(filter),
                 other => return Err(format!("unknown argument {other:?}")),
@@ -181,6 +184,7 @@ impl Options {
             window: Duration::from_secs(3),
             rounds: 3,
             preload: 100_000,
+            engine: IndexEngine::default(),
             postgres_url,
             args: Vec::new(),
         }
@@ -195,6 +199,7 @@ impl Options {
             window: Duration::from_millis(300),
             rounds: 1,
             preload: 1_000,
+            engine: IndexEngine::default(),
             postgres_url: None,
             args: Vec::new(),
         }
@@ -214,6 +219,14 @@ fn parse_callers(text: &str) -> Result<Vec<usize>, String> {
         return Err("--callers needs at least one count".into());
     }
     Ok(callers)
+}
+
+fn parse_engine(text: &str) -> Result<IndexEngine, String> {
+    match text {
+        "sled" => Ok(IndexEngine::Sled),
+        "fjall" => Ok(IndexEngine::Fjall),
+        other => Err(format!("--engine wants sled or fjall, not {other:?}")),
+    }
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -458,10 +471,13 @@ struct Payledger {
 
 impl Payledger {
     /// Preloads through the public API: the only way keys get into a ledger.
-    fn open(preload: u64) -> Self {
+    fn open(preload: u64, index_engine: IndexEngine) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory for the ledger");
-        let (ledger, _) =
-            Ledger::open(dir.path(), LedgerConfig::default()).expect("open the ledger");
+        let config = LedgerConfig {
+            index_engine,
+            ..LedgerConfig::default()
+        };
+        let (ledger, _) = Ledger::open(dir.path(), config).expect("open the ledger");
         let store = Self {
             ledger,
             intent: intent(),
@@ -987,6 +1003,7 @@ fn print_header(options: &Options, postgres_version: Option<&str>) {
         std::env::temp_dir().display()
     );
     println!("- command: `{command}`");
+    println!("- payledger's index engine: {:?}", options.engine);
     println!(
         "- each contender {:.1} s per concurrency per round, {} round(s) interleaved, median of \
          rounds; {} finished keys preloaded per store",
@@ -1117,7 +1134,7 @@ fn open_contenders(options: &Options) -> (Vec<Contender>, Option<String>) {
             RawFile::open(options.callers_max())
         }))),
         contender(Box::new(timed("payledger", preload, || {
-            Payledger::open(preload)
+            Payledger::open(preload, options.engine)
         }))),
         contender(Box::new(timed("sqlite", preload, || Sqlite::open(preload)))),
     ];

@@ -5,6 +5,7 @@
 //! cargo bench --bench scale                      # 1,000,000 keys: a few minutes on 2 cores
 //! cargo bench --bench scale -- --keys 3400000    # ~10 million events: the reopen target
 //! cargo bench --bench scale -- --smoke           # CI: 2,000 keys, checks every phase runs
+//! cargo bench --bench scale -- --engine fjall    # the fjall index instead of sled
 //! ```
 //!
 //! Phases, each a child process of this binary (`--phase NAME DIR`):
@@ -30,12 +31,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use payledger::{
-    AccountId, Amount, Begin, Currency, CustomerRef, Description, IdempotencyKey, Intent, Ledger,
-    LedgerConfig, Metadata, Outcome, TransactionId,
+    AccountId, Amount, Begin, Currency, CustomerRef, Description, IdempotencyKey, IndexEngine,
+    Intent, Ledger, LedgerConfig, Metadata, Outcome, TransactionId,
 };
 
 const BUILD_THREADS: u64 = 32;
 const LOOKUP_SECONDS: u64 = 3;
+/// The environment variable that passes `--engine` to the phases.
+const ENGINE_VAR: &str = "PAYLEDGER_SCALE_ENGINE";
+
+/// The index engine named `name`.
+fn engine(name: &str) -> Result<IndexEngine, String> {
+    match name {
+        "sled" => Ok(IndexEngine::Sled),
+        "fjall" => Ok(IndexEngine::Fjall),
+        other => Err(format!("unknown index engine {other:?} (sled, fjall)")),
+    }
+}
+
+/// The default configuration, with the index engine this run measures.
+fn ledger_config() -> LedgerConfig {
+    let name = std::env::var(ENGINE_VAR).unwrap_or_else(|_| "sled".into());
+    LedgerConfig {
+        index_engine: engine(&name).unwrap_or_default(),
+        ..LedgerConfig::default()
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -50,7 +71,16 @@ fn main() -> ExitCode {
     let smoke = args.iter().any(|a| a == "--smoke" || a == "--test")
         || !args.iter().any(|a| a == "--bench");
     let keys = value_of(&args, "--keys").unwrap_or(if smoke { 2_000 } else { 1_000_000 });
-    match run_all(keys, smoke) {
+    let engine_name = args
+        .iter()
+        .position(|a| a == "--engine")
+        .and_then(|at| args.get(at + 1))
+        .map_or("sled", String::as_str);
+    if let Err(e) = engine(engine_name) {
+        eprintln!("scale: {e}");
+        return ExitCode::from(2);
+    }
+    match run_all(keys, smoke, engine_name) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("scale: {e}");
@@ -69,20 +99,21 @@ fn value_of(args: &[String], flag: &str) -> Option<u64> {
 }
 
 /// Runs every phase in a child process and prints the figures.
-fn run_all(keys: u64, smoke: bool) -> Result<(), String> {
+fn run_all(keys: u64, smoke: bool, engine: &str) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir = tmp.path().join("ledger");
-    println!("# payledger at scale: {keys} keys");
+    println!("# payledger at scale: {keys} keys, {engine} index");
     println!(
-        "- command: `cargo bench --bench scale -- --keys {keys}`; {} cores",
+        "- command: `cargo bench --bench scale -- --keys {keys} --engine {engine}`; {} cores",
         std::thread::available_parallelism().map_or(1, usize::from)
     );
-    let build = child("build", &dir, keys)?;
+    let child = |phase: &str| child(phase, &dir, keys, engine);
+    let build = child("build")?;
     let (journal_bytes, index_bytes) = sizes(&dir)?;
-    let rebuild = child("rebuild", &dir, keys)?;
-    let reopen = child("reopen", &dir, keys)?;
-    let reopen_again = child("reopen", &dir, keys)?;
-    let lookup = child("lookup", &dir, keys)?;
+    let rebuild = child("rebuild")?;
+    let reopen = child("reopen")?;
+    let reopen_again = child("reopen")?;
+    let lookup = child("lookup")?;
     let per_key = |bytes: u64| bytes as f64 / keys.max(1) as f64;
     println!();
     println!("| phase | figure | peak memory |");
@@ -136,9 +167,10 @@ fn mib(kib: u64) -> String {
 }
 
 /// Runs `phase` in a child process of this binary.
-fn child(phase: &str, dir: &Path, keys: u64) -> Result<Phase, String> {
+fn child(phase: &str, dir: &Path, keys: u64, engine: &str) -> Result<Phase, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let output = Command::new(exe)
+        .env(ENGINE_VAR, engine)
         .args(["--phase", phase])
         .arg(dir)
         .arg(keys.to_string())
@@ -246,7 +278,7 @@ fn intent() -> Intent {
 }
 
 fn build(dir: &Path, keys: u64) -> Result<String, String> {
-    let (ledger, _) = Ledger::open(dir, LedgerConfig::default()).map_err(|e| e.to_string())?;
+    let (ledger, _) = Ledger::open(dir, ledger_config()).map_err(|e| e.to_string())?;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -285,7 +317,7 @@ fn build(dir: &Path, keys: u64) -> Result<String, String> {
 fn rebuild(dir: &Path) -> Result<String, String> {
     let started = Instant::now();
     let (ledger, report) =
-        Ledger::rebuild_index(dir, LedgerConfig::default()).map_err(|e| e.to_string())?;
+        Ledger::rebuild_index(dir, ledger_config()).map_err(|e| e.to_string())?;
     let elapsed = started.elapsed();
     let events = match report.index {
         payledger::IndexRecovery::Rebuilt { events, .. } => events,
@@ -301,7 +333,7 @@ fn rebuild(dir: &Path) -> Result<String, String> {
 
 fn reopen(dir: &Path) -> Result<String, String> {
     let started = Instant::now();
-    let (ledger, _) = Ledger::open(dir, LedgerConfig::default()).map_err(|e| e.to_string())?;
+    let (ledger, _) = Ledger::open(dir, ledger_config()).map_err(|e| e.to_string())?;
     let elapsed = started.elapsed();
     let last = ledger.journal().last_sequence();
     Ok(format!(
@@ -312,7 +344,7 @@ fn reopen(dir: &Path) -> Result<String, String> {
 }
 
 fn lookup(dir: &Path, keys: u64) -> Result<String, String> {
-    let (ledger, _) = Ledger::open(dir, LedgerConfig::default()).map_err(|e| e.to_string())?;
+    let (ledger, _) = Ledger::open(dir, ledger_config()).map_err(|e| e.to_string())?;
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     let mut latencies = Vec::new();
     let started = Instant::now();

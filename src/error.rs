@@ -475,6 +475,13 @@ pub enum IndexError {
         /// What sled said.
         detail: String,
     },
+    /// fjall reported an error (its description; feature `fjall`).
+    #[cfg(feature = "fjall")]
+    #[error("fjall: {detail}")]
+    Fjall {
+        /// What fjall said.
+        detail: String,
+    },
     /// A freshly created index is unusable.
     #[error("fresh index unusable: {reason}")]
     FreshUnusable {

@@ -71,7 +71,7 @@ pub use journal::{
 
 pub use ledger::{
     Alert, AlertThresholds, Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry,
-    IndexRecovery, Ledger, LedgerConfig, OpenReport, OperationBegin, OperationHealth,
+    IndexEngine, IndexRecovery, Ledger, LedgerConfig, OpenReport, OperationBegin, OperationHealth,
     OperationTicket, Ticket,
 };
 pub use model::{

@@ -14,6 +14,9 @@
 
 #[cfg(feature = "testing")]
 mod faulty;
+#[cfg(feature = "fjall")]
+mod fjall;
+mod layout;
 mod live;
 mod memory;
 mod overlay;
@@ -35,6 +38,8 @@ pub(crate) use self::sled::SledIndex;
 pub(crate) use faulty::FaultyIndex;
 #[cfg(feature = "testing")]
 pub use faulty::IndexFaults;
+#[cfg(feature = "fjall")]
+pub(crate) use fjall::FjallIndex;
 pub(crate) use live::LiveIndex;
 pub(crate) use memory::MemIndex;
 

@@ -1,48 +1,29 @@
-//! The sled index, the only file that names sled.
+//! The sled index, the only file that names sled: the layout of `layout.rs` in one sled tree,
+//! `index`.
 //!
 //! Invariants:
 //! - everything one batch of commits changes (states with their event positions, lists,
-//!   schedule, references and the watermark) is one atomic sled batch, so a crash leaves the index at some earlier watermark
-//!   with exactly the entries of that watermark, never half a commit;
-//! - every value carries a crc32 of its key and bytes: damage inside sled's files is reported
-//!   as [`IndexError::Damaged`] naming the index, never served as a state and never blamed on the
+//!   schedule, references and the watermark) is one atomic sled batch, so a crash leaves the
+//!   index at some earlier watermark with exactly the entries of that watermark, never half a
+//!   commit;
+//! - every value is sealed (`layout.rs`): damage inside sled's files is reported as
+//!   [`IndexError::Damaged`] naming the index, never served as a state and never blamed on the
 //!   journal.
-//!
-//! Layout: one sled tree, `index`, keys prefixed by their kind:
-//! - `s` ‖ key → [`IndexEntry`] (current state, sequence of its last event, next query time, and
-//!   the journal position of each of its events: its history is read from the journal);
-//! - `p` ‖ phase tag ‖ key → () — keys by phase, ordered by key for cursor pagination;
-//! - `q` ‖ next query time (u64 BE) ‖ key → () — unknown keys by when to query them;
-//! - `r` ‖ provider reference → key;
-//! - `m` ‖ `format` → index format version; `m` ‖ `watermark` → last journal sequence reflected
-//!   (u64 BE) and the chain hash of that record (32 bytes), which ties the index to its journal.
-//!
-//! Values are `crc32 (u32 LE) ‖ bytes`, the crc taken over the full sled key and the bytes.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IndexError, Result};
-use crate::journal::codec::{decode_value, encode_value};
-use crate::journal::format::{ChainHash, GENESIS_HASH};
-use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixMillis};
+use crate::journal::codec::decode_value;
+use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, UnixMillis};
 
-use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, listed_as};
-
-/// Bumped whenever the index layout changes; an index of another version is rebuilt.
-const INDEX_FORMAT_VERSION: u64 = 6;
+use super::layout::{self, Format, Writes};
+use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate};
 
 /// The files and directories sled keeps in an index directory: the only entries payledger ever
 /// deletes there.
 const SLED_ENTRIES: [&str; 3] = ["conf", "db", "blobs"];
 /// sled's snapshot files start with this.
 const SLED_SNAPSHOT_PREFIX: &str = "snap.";
-
-const STATE: u8 = b's';
-const PHASE: u8 = b'p';
-const SCHEDULE: u8 = b'q';
-const REFERENCE: u8 = b'r';
-const META: u8 = b'm';
-const CRC_LEN: usize = 4;
 
 /// How often sled syncs its log, in milliseconds. Not for durability (the index is derived and
 /// caught up from the journal on open) but to bound that catch-up: at 20,000 charges a second
@@ -57,7 +38,7 @@ pub(crate) struct SledIndex {
 }
 
 /// An index error naming the index directory.
-fn index_error(path: &Path, kind: IndexError) -> Error {
+pub(super) fn index_error(path: &Path, kind: IndexError) -> Error {
     Error::Index {
         index: path.to_path_buf(),
         kind,
@@ -71,52 +52,13 @@ fn sled_error(error: sled::Error) -> IndexError {
     }
 }
 
-fn prefixed(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
-    bytes.push(prefix);
-    for part in parts {
-        bytes.extend_from_slice(part);
+impl Writes for sled::Batch {
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        sled::Batch::insert(self, key, value);
     }
-    bytes
-}
-
-fn state_key(key: &IdempotencyKey) -> Vec<u8> {
-    prefixed(STATE, &[key.as_str().as_bytes()])
-}
-
-fn phase_key(phase: PhaseKind, key: &IdempotencyKey) -> Vec<u8> {
-    prefixed(PHASE, &[&[phase as u8], key.as_str().as_bytes()])
-}
-
-fn schedule_key(at: UnixMillis, key: &IdempotencyKey) -> Vec<u8> {
-    prefixed(SCHEDULE, &[&at.0.to_be_bytes(), key.as_str().as_bytes()])
-}
-
-fn reference_key(reference: &ProviderReference) -> Vec<u8> {
-    prefixed(REFERENCE, &[reference.as_str().as_bytes()])
-}
-
-fn meta_key(name: &str) -> Vec<u8> {
-    prefixed(META, &[name.as_bytes()])
-}
-
-/// `crc32(sled key ‖ bytes) ‖ bytes`.
-fn sealed(sled_key: &[u8], bytes: &[u8]) -> Vec<u8> {
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(sled_key);
-    crc.update(bytes);
-    let mut value = crc.finalize().to_le_bytes().to_vec();
-    value.extend_from_slice(bytes);
-    value
-}
-
-/// The bytes of a sealed value, if its crc matches.
-fn unsealed<'v>(sled_key: &[u8], value: &'v [u8]) -> Option<&'v [u8]> {
-    let (crc, bytes) = value.split_first_chunk::<CRC_LEN>()?;
-    let mut check = crc32fast::Hasher::new();
-    check.update(sled_key);
-    check.update(bytes);
-    (check.finalize() == u32::from_le_bytes(*crc)).then_some(bytes)
+    fn remove(&mut self, key: Vec<u8>) {
+        sled::Batch::remove(self, key);
+    }
 }
 
 impl SledIndex {
@@ -135,8 +77,7 @@ impl SledIndex {
     }
 
     fn key_from(&self, bytes: &[u8]) -> Result<IdempotencyKey> {
-        let text = std::str::from_utf8(bytes).map_err(|_| self.damaged("key"))?;
-        IdempotencyKey::new(text).map_err(|_| self.damaged("key"))
+        layout::decode_key(bytes).map_err(|kind| self.error(kind))
     }
 
     /// The checked bytes of the value at `sled_key`.
@@ -144,7 +85,7 @@ impl SledIndex {
         let Some(value) = self.tree.get(sled_key).map_err(|e| self.sled(e))? else {
             return Ok(None);
         };
-        let bytes = unsealed(sled_key, &value).ok_or_else(|| self.damaged(what))?;
+        let bytes = layout::unsealed(sled_key, &value).ok_or_else(|| self.damaged(what))?;
         Ok(Some(bytes.to_vec()))
     }
 
@@ -174,81 +115,34 @@ impl SledIndex {
             db,
             tree,
         };
-        match index.format() {
-            Ok(Some(INDEX_FORMAT_VERSION)) => Ok(Ok(index)),
-            Ok(None) if index.tree.is_empty() => {
+        match layout::judge_format(index.format(), index.tree.is_empty()) {
+            Format::Current => Ok(Ok(index)),
+            Format::Fresh => {
                 index.set_format()?;
                 Ok(Ok(index))
             }
-            Ok(Some(other)) => Ok(Err(format!(
-                "index format {other}, expected {INDEX_FORMAT_VERSION}"
-            ))),
-            Ok(None) => Ok(Err("index has no format marker".into())),
-            Err(e) => Ok(Err(format!("index format marker unreadable: {e}"))),
+            Format::Unusable(reason) => Ok(Err(reason)),
         }
     }
 
     fn format(&self) -> Result<Option<u64>> {
-        let Some(bytes) = self.read(&meta_key("format"), "format marker")? else {
+        let Some(bytes) = self.read(&layout::format_key(), "format marker")? else {
             return Ok(None);
         };
-        let word: [u8; 8] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| self.damaged("format marker"))?;
-        Ok(Some(u64::from_be_bytes(word)))
+        layout::decode_format(&bytes)
+            .map(Some)
+            .map_err(|kind| self.error(kind))
     }
 
     fn set_format(&self) -> Result<()> {
-        let key = meta_key("format");
-        let value = sealed(&key, &INDEX_FORMAT_VERSION.to_be_bytes());
+        let (key, value) = layout::format_marker();
         self.tree.insert(key, value).map_err(|e| self.sled(e))?;
         Ok(())
     }
 
-    fn watermark_value(watermark: IndexWatermark) -> (Vec<u8>, Vec<u8>) {
-        let key = meta_key("watermark");
-        let mut bytes = watermark.sequence.0.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&watermark.chain_hash);
-        let value = sealed(&key, &bytes);
-        (key, value)
-    }
-
-    /// Adds one key's update to `batch`.
-    fn add_to_batch(&self, batch: &mut sled::Batch, update: &KeyUpdate) -> Result<()> {
-        let KeyUpdate {
-            key,
-            before,
-            after,
-            new_references,
-        } = update;
-        if let Some(before) = before {
-            for kind in before.phases() {
-                batch.remove(phase_key(kind, key));
-            }
-            if let Some(at) = before.next_query_at {
-                batch.remove(schedule_key(at, key));
-            }
-        }
-        for kind in listed_as(&after.state) {
-            let sled_key = phase_key(kind, key);
-            let value = sealed(&sled_key, &[]);
-            batch.insert(sled_key, value);
-        }
-        if let Some(at) = after.next_query_at {
-            let sled_key = schedule_key(at, key);
-            let value = sealed(&sled_key, &[]);
-            batch.insert(sled_key, value);
-        }
-        for reference in new_references {
-            let sled_key = reference_key(reference);
-            let value = sealed(&sled_key, key.as_str().as_bytes());
-            batch.insert(sled_key, value);
-        }
-        let sled_key = state_key(key);
-        let value = sealed(&sled_key, &encode_value(after)?);
-        batch.insert(sled_key, value);
-        Ok(())
+    /// Whether `dir` holds a sled index (its data file).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("db").exists()
     }
 
     /// Deletes what sled keeps in `dir` (its config, data, blobs and snapshots) and nothing
@@ -282,20 +176,8 @@ impl SledIndex {
 impl KeyIndex for SledIndex {
     /// The journal position the index reflects.
     fn watermark(&self) -> Result<IndexWatermark> {
-        let Some(bytes) = self.read(&meta_key("watermark"), "watermark")? else {
-            return Ok(IndexWatermark {
-                sequence: Sequence(0),
-                chain_hash: GENESIS_HASH,
-            });
-        };
-        let (sequence, hash) = bytes
-            .split_first_chunk::<8>()
-            .ok_or_else(|| self.damaged("watermark"))?;
-        let chain_hash: ChainHash = hash.try_into().map_err(|_| self.damaged("watermark"))?;
-        Ok(IndexWatermark {
-            sequence: Sequence(u64::from_be_bytes(*sequence)),
-            chain_hash,
-        })
+        let bytes = self.read(&layout::watermark_key(), "watermark")?;
+        layout::decode_watermark(bytes.as_deref()).map_err(|kind| self.error(kind))
     }
 
     /// The entry of `key`.
@@ -303,7 +185,7 @@ impl KeyIndex for SledIndex {
     /// # Errors
     /// [`IndexError::Damaged`] if its bytes fail their check.
     fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
-        self.read(&state_key(key), "state entry")?
+        self.read(&layout::state_key(key), "state entry")?
             .map(|bytes| decode_value(&bytes).map_err(|_| self.damaged("state entry")))
             .transpose()
     }
@@ -313,11 +195,7 @@ impl KeyIndex for SledIndex {
     /// the later update's removals and inserts win.
     fn apply(&self, updates: &[KeyUpdate], watermark: IndexWatermark) -> Result<()> {
         let mut batch = sled::Batch::default();
-        for update in updates {
-            self.add_to_batch(&mut batch, update)?;
-        }
-        let (sled_key, value) = Self::watermark_value(watermark);
-        batch.insert(sled_key, value);
+        layout::write_batch(&mut batch, updates, watermark)?;
         self.tree.apply_batch(batch).map_err(|e| self.sled(e))
     }
 
@@ -328,10 +206,10 @@ impl KeyIndex for SledIndex {
         after: Option<&IdempotencyKey>,
         limit: usize,
     ) -> Result<Vec<IdempotencyKey>> {
-        let prefix = [PHASE, phase as u8];
+        let prefix = layout::phase_prefix(phase);
         let start = match after {
             Some(after) => {
-                let mut start = phase_key(phase, after);
+                let mut start = layout::phase_key(phase, after);
                 start.push(0);
                 start
             }
@@ -350,28 +228,26 @@ impl KeyIndex for SledIndex {
 
     /// How many keys are in `phase`.
     fn count(&self, phase: PhaseKind) -> usize {
-        self.tree.scan_prefix([PHASE, phase as u8]).count()
+        self.tree.scan_prefix(layout::phase_prefix(phase)).count()
     }
 
     /// Unknown keys whose query time is at or before `now`, earliest first, at most `limit`.
     fn due(&self, now: UnixMillis, limit: usize) -> Result<Vec<IdempotencyKey>> {
         let mut keys = Vec::new();
-        let start = [SCHEDULE];
-        // Every entry of a later time sorts after that time's 8 bytes alone.
-        let end = prefixed(SCHEDULE, &[&now.plus_ms(1).0.to_be_bytes()]);
-        for item in self.tree.range(start.to_vec()..end) {
+        let (start, end) = layout::schedule_until(now);
+        for item in self.tree.range(start..end) {
             let (bytes, _) = item.map_err(|e| self.sled(e))?;
             if keys.len() >= limit {
                 break;
             }
-            keys.push(self.key_from(bytes.get(1 + 8..).unwrap_or_default())?);
+            keys.push(self.key_from(layout::scheduled_key_bytes(&bytes))?);
         }
         Ok(keys)
     }
 
     /// The key a provider reference was issued for.
     fn key_for_reference(&self, reference: &ProviderReference) -> Result<Option<IdempotencyKey>> {
-        self.read(&reference_key(reference), "reference")?
+        self.read(&layout::reference_key(reference), "reference")?
             .map(|bytes| self.key_from(&bytes))
             .transpose()
     }

@@ -16,6 +16,20 @@ use crate::model::InputError;
 use crate::model::ReconcileConfig;
 use crate::model::check_range;
 
+/// Which engine keeps the persistent index (the index is derived data: switching engines
+/// rebuilds it from the journal, in a directory of the new engine's own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IndexEngine {
+    /// sled 0.34, a B-tree with a log: the default.
+    #[default]
+    Sled,
+    /// fjall 3, an LSM tree (feature `fjall`): cheaper inserts and a smaller index, measured
+    /// side by side with sled in `docs/performance.md`.
+    #[cfg(feature = "fjall")]
+    Fjall,
+}
+
 /// How a ledger is opened.
 #[derive(Clone, Debug)]
 pub struct LedgerConfig {
@@ -26,7 +40,9 @@ pub struct LedgerConfig {
     /// Open for inspection only: no event is appended (not even for attempts orphaned by a
     /// previous process); the index may still be caught up.
     pub read_only: bool,
-    /// Where the sled index lives; `None` means `<dir>/index`. It is always on the real file
+    /// Which engine keeps the persistent index; default [`IndexEngine::Sled`].
+    pub index_engine: IndexEngine,
+    /// Where the index lives; `None` means `<dir>/index`. It is always on the real file
     /// system, and may not be the ledger directory, one of its ancestors, or hold segments.
     pub index_dir: Option<PathBuf>,
     /// Reconciler behaviour (its schedule is part of the index).
@@ -43,7 +59,7 @@ pub struct LedgerConfig {
     /// (the default): a writer finding this many waits before appending. Bounds the memory of
     /// the backlog and the overlay (about a kilobyte per commit).
     pub index_backlog_max: usize,
-    /// Memory sled may use for its page cache, from [`INDEX_CACHE_BYTES_MIN`] to
+    /// Memory the index engine may use for its cache (sled's page cache, fjall's block cache), from [`INDEX_CACHE_BYTES_MIN`] to
     /// [`INDEX_CACHE_BYTES_MAX`]; default [`INDEX_CACHE_BYTES_DEFAULT`]. The index's hot part
     /// (keys being charged, unknowns) stays cached; a larger cache speeds up random lookups of
     /// old keys.
@@ -73,6 +89,7 @@ impl Default for LedgerConfig {
             ticket_lease_ms: TICKET_LEASE_MS_DEFAULT,
             index_backlog_max: INDEX_BACKLOG_MAX,
             index_cache_bytes: INDEX_CACHE_BYTES_DEFAULT,
+            index_engine: IndexEngine::default(),
             #[cfg(feature = "testing")]
             index_faults: None,
             #[cfg(feature = "testing")]

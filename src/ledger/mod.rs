@@ -81,7 +81,7 @@ pub use alerts::{Alert, AlertThresholds};
 #[cfg(feature = "async")]
 pub(crate) use api::outcome_within;
 pub(crate) use api::{call_provider, check_deadline};
-pub use config::LedgerConfig;
+pub use config::{IndexEngine, LedgerConfig};
 pub use operations::OperationBegin;
 pub use replies::{
     Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry, IndexRecovery, OpenReport,

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, IndexError, Result};
+#[cfg(feature = "fjall")]
+use crate::index::FjallIndex;
 use crate::index::{KeyIndex, LiveIndex, MemIndex, SledIndex};
 use crate::journal::{Journal, JournalConfig};
 use crate::limits::LIST_LIMIT_MAX;
@@ -26,7 +28,7 @@ use crate::model::{IdempotencyKey, Sequence};
 use crate::model::{Phase, PhaseKind};
 
 use super::replies::{IndexRecovery, OpenReport};
-use super::{Inner, Ledger, LedgerConfig, elapsed_us, replay};
+use super::{IndexEngine, Inner, Ledger, LedgerConfig, elapsed_us, replay};
 
 impl Ledger {
     /// Opens (or creates) the ledger in `dir`: opens the journal (recovering a torn tail), opens
@@ -82,9 +84,10 @@ impl Ledger {
             },
             || {
                 if rebuild {
-                    SledIndex::remove_files(&index_dir)?;
+                    remove_index_files(config.index_engine, &index_dir)?;
                 }
-                let (index, reason) = open_index(&index_dir, config.index_cache_bytes)?;
+                let (index, reason) =
+                    open_index(config.index_engine, &index_dir, config.index_cache_bytes)?;
                 let watermark = index.watermark()?.sequence;
                 opened = Some((index, reason));
                 Ok(watermark)
@@ -109,14 +112,14 @@ impl Ledger {
         })?;
         let rebuild_reason = match rebuild {
             true => Some("rebuild requested".to_string()),
-            false => check_index_chain(&index, &journal)?.or(reason),
+            false => check_index_chain(&*index, &journal)?.or(reason),
         };
         let start = match rebuild_reason {
             // Created, recreated or cleared just now.
             Some(_) => replay::Start::Empty,
             None => replay::Start::Existing,
         };
-        let replayed = replay::catch_up(&journal, &index, &config.reconcile, start)?;
+        let replayed = replay::catch_up(&journal, &*index, &config.reconcile, start)?;
         let index_report = match rebuild_reason {
             Some(reason) => {
                 tracing::warn!(%reason, events = replayed.events, "index rebuilt from the journal");
@@ -130,7 +133,7 @@ impl Ledger {
                 to: journal.last_sequence(),
             },
         };
-        let index = live_index(Box::new(index), &config)?;
+        let index = live_index(index, &config)?;
         let ledger = Ledger {
             inner: Arc::new(Inner::new(journal, index, config)),
         };
@@ -306,15 +309,55 @@ fn check_index_dir(ledger_dir: &Path, index_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the files `engine` keeps in `dir`, and nothing else.
+fn remove_index_files(engine: IndexEngine, dir: &Path) -> Result<()> {
+    match engine {
+        IndexEngine::Sled => SledIndex::remove_files(dir),
+        #[cfg(feature = "fjall")]
+        IndexEngine::Fjall => FjallIndex::remove_files(dir),
+    }
+}
+
+/// Whether `engine` keeps an index in `dir`.
+fn index_exists(engine: IndexEngine, dir: &Path) -> bool {
+    match engine {
+        IndexEngine::Sled => SledIndex::exists(dir),
+        #[cfg(feature = "fjall")]
+        IndexEngine::Fjall => FjallIndex::exists(dir),
+    }
+}
+
+/// Opens `engine`'s index in `dir`; `Ok(Err(reason))` if it exists but is unusable.
+fn open_engine(
+    engine: IndexEngine,
+    dir: &Path,
+    cache_bytes: u64,
+) -> Result<std::result::Result<Box<dyn KeyIndex>, String>> {
+    fn boxed<I: KeyIndex + 'static>(
+        opened: Result<std::result::Result<I, String>>,
+    ) -> Result<std::result::Result<Box<dyn KeyIndex>, String>> {
+        Ok(opened?.map(|index| Box::new(index) as Box<dyn KeyIndex>))
+    }
+    match engine {
+        IndexEngine::Sled => boxed(SledIndex::open(dir, cache_bytes)),
+        #[cfg(feature = "fjall")]
+        IndexEngine::Fjall => boxed(FjallIndex::open(dir, cache_bytes)),
+    }
+}
+
 /// Opens the index, or makes a fresh one when it is missing or unusable; returns why it must be
 /// rebuilt, if it must.
-fn open_index(dir: &Path, cache_bytes: u64) -> Result<(SledIndex, Option<String>)> {
-    let existed = dir.exists();
-    match SledIndex::open(dir, cache_bytes)? {
+fn open_index(
+    engine: IndexEngine,
+    dir: &Path,
+    cache_bytes: u64,
+) -> Result<(Box<dyn KeyIndex>, Option<String>)> {
+    let existed = index_exists(engine, dir);
+    match open_engine(engine, dir, cache_bytes)? {
         Ok(index) => Ok((index, (!existed).then(|| "index missing".to_string()))),
         Err(reason) => {
-            SledIndex::remove_files(dir)?;
-            let index = SledIndex::open(dir, cache_bytes)?.map_err(|reason| Error::Index {
+            remove_index_files(engine, dir)?;
+            let index = open_engine(engine, dir, cache_bytes)?.map_err(|reason| Error::Index {
                 index: dir.to_path_buf(),
                 kind: IndexError::FreshUnusable { reason },
             })?;
@@ -325,7 +368,7 @@ fn open_index(dir: &Path, cache_bytes: u64) -> Result<(SledIndex, Option<String>
 
 /// Checks that the index is this journal's: the chain hash it recorded at its watermark must be
 /// the journal's. An index of another journal is cleared for a rebuild; returns why.
-fn check_index_chain(index: &SledIndex, journal: &Journal) -> Result<Option<String>> {
+fn check_index_chain(index: &dyn KeyIndex, journal: &Journal) -> Result<Option<String>> {
     let watermark = index.watermark()?;
     debug_assert!(watermark.sequence <= journal.last_sequence());
     if watermark.sequence == Sequence(0) {

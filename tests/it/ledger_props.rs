@@ -81,8 +81,14 @@ impl Provider for ModelProvider {
     }
 }
 
-fn open(disk: &SimDisk, index_dir: &std::path::Path, clock: &Arc<ManualClock>) -> Ledger {
+fn open(
+    disk: &SimDisk,
+    index_dir: &std::path::Path,
+    clock: &Arc<ManualClock>,
+    index_engine: IndexEngine,
+) -> Ledger {
     let config = LedgerConfig {
+        index_engine,
         segment_len: 8192,
         index_dir: Some(index_dir.to_path_buf()),
         reconcile: ReconcileConfig::new(
@@ -108,13 +114,18 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn no_key_is_ever_charged_twice(seed in any::<u64>(), ops in prop::collection::vec(op(), 1..60)) {
+    fn no_key_is_ever_charged_twice(
+        seed in any::<u64>(),
+        fjall in any::<bool>(),
+        ops in prop::collection::vec(op(), 1..60),
+    ) {
+        let engine = if fjall { IndexEngine::Fjall } else { IndexEngine::Sled };
         let tmp = tempfile::tempdir().unwrap();
         let disk = SimDisk::new(seed);
         let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
         let truth = Arc::new(Mutex::new(Truth::default()));
         let keys: Vec<_> = (0..3).map(|i| key(&format!("model-{i}"))).collect();
-        let mut ledger = open(&disk, tmp.path(), &clock);
+        let mut ledger = open(&disk, tmp.path(), &clock, engine);
         let mut failures_since_open = false;
         let mut txn = 0;
         let mut charge = |truth: &Arc<Mutex<Truth>>, k: &IdempotencyKey, ticket: &Ticket, really: bool| -> Option<String> {
@@ -188,7 +199,7 @@ proptest! {
                     disk.fail_next_syncs(0);
                     disk.fail_next_writes(0);
                     disk.crash(if tear { CrashMode::TearUnsynced } else { CrashMode::DropUnsynced });
-                    ledger = open(&disk, tmp.path(), &clock);
+                    ledger = open(&disk, tmp.path(), &clock, engine);
                     if !failures_since_open {
                         // Orphaned attempts become unknown on reopen; everything else is as it was.
                         let after = states(&ledger, &keys);

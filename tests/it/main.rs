@@ -5,6 +5,7 @@ mod asynchronous;
 mod codec;
 mod crash;
 mod default_build;
+mod fjall_index;
 mod fuzz_corpus;
 mod journal;
 mod journal_faults;

@@ -8,7 +8,7 @@ use payledger::store::StoreLedger;
 use payledger::*;
 
 #[path = "../scenarios/store.rs"]
-mod scenarios;
+pub(crate) mod scenarios;
 
 use scenarios::*;
 

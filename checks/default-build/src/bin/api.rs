@@ -15,6 +15,7 @@ fn main() {
         ticket_lease_ms,
         index_backlog_max,
         index_cache_bytes,
+        index_engine,
     } = LedgerConfig::default();
     let _ = (
         segment_len,
@@ -27,5 +28,6 @@ fn main() {
         ticket_lease_ms,
         index_backlog_max,
         index_cache_bytes,
+        index_engine,
     );
 }

@@ -1,0 +1,246 @@
+//! The persistent index's layout, shared by its engines (`sled.rs`, and `fjall.rs` behind the
+//! `fjall` feature): which bytes go under which key, and the checksum that seals each value.
+//!
+//! Invariant: every value is sealed with a crc32 of its full engine key and its bytes, so that
+//! damage inside an engine's files is reported as [`IndexError::Damaged`], never served as a
+//! state and never blamed on the journal; and one commit batch's changes (states, lists,
+//! schedule, references, the watermark) are produced as one list of writes, which each engine
+//! applies atomically.
+//!
+//! Layout: one ordered key space, keys prefixed by their kind:
+//! - `s` ‖ key → [`IndexEntry`] (current state, sequence of its last event, next query time, and
+//!   the journal position of each of its events: its history is read from the journal);
+//! - `p` ‖ phase tag ‖ key → () — keys by phase, ordered by key for cursor pagination;
+//! - `q` ‖ next query time (u64 BE) ‖ key → () — unknown keys by when to query them;
+//! - `r` ‖ provider reference → key;
+//! - `m` ‖ `format` → index format version; `m` ‖ `watermark` → last journal sequence reflected
+//!   (u64 BE) and the chain hash of that record (32 bytes), which ties the index to its journal.
+//!
+//! Values are `crc32 (u32 LE) ‖ bytes`, the crc taken over the full key and the bytes.
+
+use crate::error::{IndexError, Result};
+use crate::journal::codec::encode_value;
+use crate::journal::format::{ChainHash, GENESIS_HASH};
+use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixMillis};
+
+use super::{IndexWatermark, KeyUpdate, listed_as};
+
+/// Bumped whenever the index layout changes; an index of another version is rebuilt.
+const INDEX_FORMAT_VERSION: u64 = 6;
+
+const STATE: u8 = b's';
+pub(super) const PHASE: u8 = b'p';
+const SCHEDULE: u8 = b'q';
+const REFERENCE: u8 = b'r';
+const META: u8 = b'm';
+const CRC_LEN: usize = 4;
+
+/// Where an engine puts one batch's writes; it applies them atomically, later writes of one key
+/// winning over earlier ones.
+pub(super) trait Writes {
+    /// Sets `key` to `value`.
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>);
+    /// Removes `key`.
+    fn remove(&mut self, key: Vec<u8>);
+}
+
+fn prefixed(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    bytes.push(prefix);
+    for part in parts {
+        bytes.extend_from_slice(part);
+    }
+    bytes
+}
+
+/// The key of `key`'s entry.
+pub(super) fn state_key(key: &IdempotencyKey) -> Vec<u8> {
+    prefixed(STATE, &[key.as_str().as_bytes()])
+}
+
+/// The key listing `key` in `phase`.
+pub(super) fn phase_key(phase: PhaseKind, key: &IdempotencyKey) -> Vec<u8> {
+    prefixed(PHASE, &[&[phase as u8], key.as_str().as_bytes()])
+}
+
+/// The prefix of every key listed in `phase`.
+pub(super) fn phase_prefix(phase: PhaseKind) -> [u8; 2] {
+    [PHASE, phase as u8]
+}
+
+fn schedule_key(at: UnixMillis, key: &IdempotencyKey) -> Vec<u8> {
+    prefixed(SCHEDULE, &[&at.0.to_be_bytes(), key.as_str().as_bytes()])
+}
+
+/// The schedule's range up to and including `now`: `start..end`.
+pub(super) fn schedule_until(now: UnixMillis) -> (Vec<u8>, Vec<u8>) {
+    // Every entry of a later time sorts after that time's 8 bytes alone.
+    (
+        vec![SCHEDULE],
+        prefixed(SCHEDULE, &[&now.plus_ms(1).0.to_be_bytes()]),
+    )
+}
+
+/// The idempotency key's bytes inside a schedule key.
+pub(super) fn scheduled_key_bytes(schedule_key: &[u8]) -> &[u8] {
+    schedule_key.get(1 + 8..).unwrap_or_default()
+}
+
+/// The key of `reference`'s entry.
+pub(super) fn reference_key(reference: &ProviderReference) -> Vec<u8> {
+    prefixed(REFERENCE, &[reference.as_str().as_bytes()])
+}
+
+/// The key of the format marker.
+pub(super) fn format_key() -> Vec<u8> {
+    prefixed(META, &[b"format"])
+}
+
+/// The key of the watermark.
+pub(super) fn watermark_key() -> Vec<u8> {
+    prefixed(META, &[b"watermark"])
+}
+
+/// `crc32(key ‖ bytes) ‖ bytes`.
+pub(super) fn sealed(key: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(key);
+    crc.update(bytes);
+    let mut value = crc.finalize().to_le_bytes().to_vec();
+    value.extend_from_slice(bytes);
+    value
+}
+
+/// The bytes of a sealed value, if its crc matches.
+pub(super) fn unsealed<'v>(key: &[u8], value: &'v [u8]) -> Option<&'v [u8]> {
+    let (crc, bytes) = value.split_first_chunk::<CRC_LEN>()?;
+    let mut check = crc32fast::Hasher::new();
+    check.update(key);
+    check.update(bytes);
+    (check.finalize() == u32::from_le_bytes(*crc)).then_some(bytes)
+}
+
+/// The sealed format marker: (key, value).
+pub(super) fn format_marker() -> (Vec<u8>, Vec<u8>) {
+    let key = format_key();
+    let value = sealed(&key, &INDEX_FORMAT_VERSION.to_be_bytes());
+    (key, value)
+}
+
+/// The format version in a marker's unsealed bytes.
+pub(super) fn decode_format(bytes: &[u8]) -> std::result::Result<u64, IndexError> {
+    let word: [u8; 8] = bytes.try_into().map_err(|_| IndexError::Damaged {
+        what: "format marker",
+    })?;
+    Ok(u64::from_be_bytes(word))
+}
+
+/// What an index's format marker says about it, once its engine opened it.
+pub(super) enum Format {
+    /// This version's: use it.
+    Current,
+    /// Empty and unmarked: mark it, then use it.
+    Fresh,
+    /// Another version's, unmarked but not empty, or unreadable: rebuild it (why).
+    Unusable(String),
+}
+
+/// Judges the format `marker` read from an index that is `empty` or not.
+pub(super) fn judge_format(marker: Result<Option<u64>>, empty: bool) -> Format {
+    match marker {
+        Ok(Some(INDEX_FORMAT_VERSION)) => Format::Current,
+        Ok(None) if empty => Format::Fresh,
+        Ok(Some(other)) => Format::Unusable(format!(
+            "index format {other}, expected {INDEX_FORMAT_VERSION}"
+        )),
+        Ok(None) => Format::Unusable("index has no format marker".into()),
+        Err(e) => Format::Unusable(format!("index format marker unreadable: {e}")),
+    }
+}
+
+/// The sealed watermark: (key, value).
+pub(super) fn watermark_entry(watermark: IndexWatermark) -> (Vec<u8>, Vec<u8>) {
+    let key = watermark_key();
+    let mut bytes = watermark.sequence.0.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&watermark.chain_hash);
+    let value = sealed(&key, &bytes);
+    (key, value)
+}
+
+/// The watermark in its unsealed bytes, or the empty journal's when there is none.
+pub(super) fn decode_watermark(
+    bytes: Option<&[u8]>,
+) -> std::result::Result<IndexWatermark, IndexError> {
+    let Some(bytes) = bytes else {
+        return Ok(IndexWatermark {
+            sequence: Sequence(0),
+            chain_hash: GENESIS_HASH,
+        });
+    };
+    let damaged = || IndexError::Damaged { what: "watermark" };
+    let (sequence, hash) = bytes.split_first_chunk::<8>().ok_or_else(damaged)?;
+    let chain_hash: ChainHash = hash.try_into().map_err(|_| damaged())?;
+    Ok(IndexWatermark {
+        sequence: Sequence(u64::from_be_bytes(*sequence)),
+        chain_hash,
+    })
+}
+
+/// An idempotency key read back from an index key or value.
+pub(super) fn decode_key(bytes: &[u8]) -> std::result::Result<IdempotencyKey, IndexError> {
+    let damaged = || IndexError::Damaged { what: "key" };
+    let text = std::str::from_utf8(bytes).map_err(|_| damaged())?;
+    IdempotencyKey::new(text).map_err(|_| damaged())
+}
+
+/// Adds the writes of `updates` (in journal order) and then of `watermark` to `writes`.
+pub(super) fn write_batch(
+    writes: &mut impl Writes,
+    updates: &[KeyUpdate],
+    watermark: IndexWatermark,
+) -> Result<()> {
+    for update in updates {
+        write_update(writes, update)?;
+    }
+    let (key, value) = watermark_entry(watermark);
+    writes.insert(key, value);
+    Ok(())
+}
+
+/// Adds one key's update to `writes`: removes it from where it was listed, lists it where it
+/// is now, records its new references and its entry.
+fn write_update(writes: &mut impl Writes, update: &KeyUpdate) -> Result<()> {
+    let KeyUpdate {
+        key,
+        before,
+        after,
+        new_references,
+    } = update;
+    if let Some(before) = before {
+        for kind in before.phases() {
+            writes.remove(phase_key(kind, key));
+        }
+        if let Some(at) = before.next_query_at {
+            writes.remove(schedule_key(at, key));
+        }
+    }
+    for kind in listed_as(&after.state) {
+        let index_key = phase_key(kind, key);
+        let value = sealed(&index_key, &[]);
+        writes.insert(index_key, value);
+    }
+    if let Some(at) = after.next_query_at {
+        let index_key = schedule_key(at, key);
+        let value = sealed(&index_key, &[]);
+        writes.insert(index_key, value);
+    }
+    for reference in new_references {
+        let index_key = reference_key(reference);
+        let value = sealed(&index_key, key.as_str().as_bytes());
+        writes.insert(index_key, value);
+    }
+    let index_key = state_key(key);
+    let value = sealed(&index_key, &encode_value(after)?);
+    writes.insert(index_key, value);
+    Ok(())
+}
