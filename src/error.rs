@@ -109,7 +109,7 @@ pub enum Error {
     #[error("codec: {0}")]
     Codec(CodecError),
 
-    /// The sled index failed; the journal is unaffected and the index can be rebuilt.
+    /// The index failed; the journal is unaffected and the index can be rebuilt.
     #[error("index {}: {kind}", index.display())]
     Index {
         /// The index directory.
@@ -462,21 +462,21 @@ pub enum TooLarge {
     },
 }
 
-/// What failed in the sled index.
+/// What failed in the index.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IndexError {
     /// Another process holds the index.
     #[error("is locked by another process")]
     Locked,
-    /// sled reported an error (its description).
+    /// sled reported an error (its description; feature `sled`).
+    #[cfg(feature = "sled")]
     #[error("sled: {detail}")]
     Sled {
         /// What sled said.
         detail: String,
     },
-    /// fjall reported an error (its description; feature `fjall`).
-    #[cfg(feature = "fjall")]
+    /// fjall reported an error (its description).
     #[error("fjall: {detail}")]
     Fjall {
         /// What fjall said.

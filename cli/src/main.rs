@@ -150,7 +150,7 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
-    /// Rebuild the sled index from the journal (writes the index; takes the ledger's lock).
+    /// Rebuild the index from the journal (writes the index; takes the ledger's lock).
     RebuildIndex {
         /// Ledger directory.
         dir: PathBuf,

@@ -220,6 +220,20 @@ impl<'a> Run<'a> {
     }
 
     fn step(&mut self, op: LedgerOp) {
+        if self.ledger.is_none() {
+            return;
+        }
+        // A crash drops the ledger before reopening it: no clone of it may be alive then (the
+        // old instance would still hold its index).
+        if let LedgerOp::Crash(mode, lose_index) = op {
+            let mode = match mode % 3 {
+                0 => CrashMode::DropUnsynced,
+                1 => CrashMode::TearUnsynced,
+                _ => CrashMode::PowerLoss,
+            };
+            self.crash(mode, lose_index);
+            return;
+        }
         let Some(ledger) = self.ledger.clone() else {
             return;
         };
@@ -232,7 +246,7 @@ impl<'a> Run<'a> {
             }
             LedgerOp::Webhook(k) => self.webhooks(&ledger, usize::from(k) % KEYS),
             LedgerOp::Resolve(k) => self.resolve(&ledger, usize::from(k) % KEYS),
-            LedgerOp::Reconcile => Reconciler::new(ledger, self.provider.clone())
+            LedgerOp::Reconcile => Reconciler::new(ledger.clone(), self.provider.clone())
                 .run_once()
                 .map(drop),
             LedgerOp::Advance(tenths) => {
@@ -255,16 +269,9 @@ impl<'a> Run<'a> {
                 self.faulted = true;
                 Ok(())
             }
-            LedgerOp::Crash(mode, lose_index) => {
-                let mode = match mode % 3 {
-                    0 => CrashMode::DropUnsynced,
-                    1 => CrashMode::TearUnsynced,
-                    _ => CrashMode::PowerLoss,
-                };
-                self.crash(mode, lose_index);
-                Ok(())
-            }
+            LedgerOp::Crash(..) => Ok(()),
         };
+        drop(ledger);
         if let Err(e) = result {
             self.failed(&e);
         }

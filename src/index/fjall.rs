@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
@@ -24,14 +25,16 @@ use crate::error::{Error, IndexError, Result};
 use crate::journal::codec::decode_value;
 use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, UnixMillis};
 
+use super::index_error;
 use super::layout::{self, Format, Writes};
-use super::sled::index_error;
 use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate};
 
 /// The directory, under the index directory, that holds fjall's files.
 const FJALL_DIR: &str = "fjall";
 /// fjall's journal, at most: what an open replays into memory (fjall's minimum).
 pub(crate) const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// How long a flush waits for fjall to write its in-memory table out.
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
 /// The size at which fjall writes its in-memory table out.
 const MEMTABLE_BYTES_MAX: u64 = 32 * 1024 * 1024;
 
@@ -262,11 +265,28 @@ impl KeyIndex for FjallIndex {
     }
 
     /// Writes the in-memory table out as a table file and syncs, so that the next open has
-    /// no journal of fjall's to replay (called on close and after a replay).
+    /// no journal of fjall's to replay (called on close and after a replay). The wait is
+    /// bounded: a fjall worker that failed never finishes it (fjall is then poisoned, and
+    /// `persist` says so).
     fn flush(&self) -> Result<()> {
         self.keyspace
-            .rotate_memtable_and_wait()
+            .rotate_memtable()
             .map_err(|e| self.fjall(&e))?;
+        let deadline = Instant::now() + FLUSH_WAIT;
+        while self.keyspace.sealed_memtable_count() > 0 {
+            self.db
+                .persist(fjall::PersistMode::Buffer)
+                .map_err(|e| self.fjall(&e))?;
+            if Instant::now() >= deadline {
+                return Err(self.error(IndexError::Fjall {
+                    detail: format!(
+                        "the in-memory table was not written out within {} s",
+                        FLUSH_WAIT.as_secs()
+                    ),
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.db
             .persist(fjall::PersistMode::SyncAll)
             .map_err(|e| self.fjall(&e))

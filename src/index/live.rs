@@ -296,8 +296,9 @@ impl Drop for LiveIndex {
 }
 
 /// How long the applier gathers commits before applying them, unless someone waits for it or
-/// the backlog fills: every sled batch costs two log writes with their syncs (sled rolls its IO
-/// buffer around a batch), so fewer, larger batches leave the disk to the journal.
+/// the backlog fills: every batch costs the engine a write to its own log (sled also rolls its
+/// IO buffer around a batch, with syncs), so fewer, larger batches leave the disk to the
+/// journal.
 const APPLY_GATHER: Duration = Duration::from_millis(20);
 
 /// The applier: applies contiguous commits in batches until the index is dropped or an

@@ -1,5 +1,6 @@
 //! An index held in memory, built by replaying the journal: what a read-only open uses, because
-//! it must not write a byte anywhere and sled cannot open a database without writing to it.
+//! it must not write a byte anywhere, and neither fjall nor sled can open a database without
+//! writing to it.
 //!
 //! Invariant: it answers exactly what the persistent index would for the same journal; it keeps
 //! positions of events, never copies of their payloads, so its memory is bounded by the number

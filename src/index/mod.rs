@@ -5,21 +5,23 @@
 //! its watermark; it is written after the journal sync, never synced per operation, and can be
 //! deleted at any time (the ledger rebuilds it from the journal).
 //!
-//! Two implementations of [`KeyIndex`]: `sled.rs` (the persistent index, the only file that
-//! names sled) and `memory.rs` (an in-memory index built by replaying the journal, for read-only
-//! opens, which must not write a byte, and sled cannot open without writing). The ledger sees
+//! Implementations of [`KeyIndex`]: the persistent index in the layout of `layout.rs`, kept by
+//! `fjall.rs` (the default engine, the only file that names fjall) or `sled.rs` (feature
+//! `sled`, the only file that names sled), and `memory.rs` (an in-memory index built by
+//! replaying the journal, for read-only opens, which must not write a byte, and neither engine
+//! can open without writing). The ledger sees
 //! either through [`LiveIndex`] (`live.rs`): durable commits are applied to it by one applier
 //! thread, off the commit path, and an overlay (`overlay.rs`) answers for what is durable but
 //! not applied yet.
 
 #[cfg(feature = "testing")]
 mod faulty;
-#[cfg(feature = "fjall")]
 mod fjall;
 mod layout;
 mod live;
 mod memory;
 mod overlay;
+#[cfg(feature = "sled")]
 mod sled;
 
 use std::fmt;
@@ -33,15 +35,23 @@ use crate::model::{
     IdempotencyKey, PaymentState, PhaseKind, ProviderReference, Sequence, UnixMillis,
 };
 
+#[cfg(feature = "sled")]
 pub(crate) use self::sled::SledIndex;
 #[cfg(feature = "testing")]
 pub(crate) use faulty::FaultyIndex;
 #[cfg(feature = "testing")]
 pub use faulty::IndexFaults;
-#[cfg(feature = "fjall")]
 pub(crate) use fjall::FjallIndex;
 pub(crate) use live::LiveIndex;
 pub(crate) use memory::MemIndex;
+
+/// An index error naming the index directory.
+fn index_error(path: &std::path::Path, kind: crate::error::IndexError) -> crate::error::Error {
+    crate::error::Error::Index {
+        index: path.to_path_buf(),
+        kind,
+    }
+}
 
 /// The position an index reflects: the journal sequence up to which every record is applied,
 /// and the chain hash of that record (zeros for an empty journal).

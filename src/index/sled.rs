@@ -16,6 +16,7 @@ use crate::error::{Error, IndexError, Result};
 use crate::journal::codec::decode_value;
 use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, UnixMillis};
 
+use super::index_error;
 use super::layout::{self, Format, Writes};
 use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate};
 
@@ -35,14 +36,6 @@ pub(crate) struct SledIndex {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
-}
-
-/// An index error naming the index directory.
-pub(super) fn index_error(path: &Path, kind: IndexError) -> Error {
-    Error::Index {
-        index: path.to_path_buf(),
-        kind,
-    }
 }
 
 /// What sled said, as an index error kind.

@@ -21,13 +21,13 @@ use crate::model::check_range;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IndexEngine {
-    /// sled 0.34, a B-tree with a log: the default.
+    /// fjall 3, an LSM tree: the default.
     #[default]
-    Sled,
-    /// fjall 3, an LSM tree (feature `fjall`): cheaper inserts and a smaller index, measured
-    /// side by side with sled in `docs/performance.md`.
-    #[cfg(feature = "fjall")]
     Fjall,
+    /// sled 0.34, a B-tree over a log (feature `sled`): slower to write, rebuild and look up,
+    /// and three times the size (`docs/performance.md`).
+    #[cfg(feature = "sled")]
+    Sled,
 }
 
 /// How a ledger is opened.
@@ -40,7 +40,7 @@ pub struct LedgerConfig {
     /// Open for inspection only: no event is appended (not even for attempts orphaned by a
     /// previous process); the index may still be caught up.
     pub read_only: bool,
-    /// Which engine keeps the persistent index; default [`IndexEngine::Sled`].
+    /// Which engine keeps the persistent index; default [`IndexEngine::Fjall`].
     pub index_engine: IndexEngine,
     /// Where the index lives; `None` means `<dir>/index`. It is always on the real file
     /// system, and may not be the ledger directory, one of its ancestors, or hold segments.

@@ -3,8 +3,8 @@
 //!
 //! Invariants:
 //! - an index directory that could hold the journal (the ledger directory, an ancestor of it,
-//!   or a directory with segments) is refused before anything is opened there, and only sled's
-//!   own files are ever deleted from an index directory;
+//!   or a directory with segments) is refused before anything is opened there, and only the
+//!   configured index engine's own files are ever deleted from an index directory;
 //! - an index whose watermark is beyond the journal's end is an error naming both positions,
 //!   never a silent rebuild: it proves acknowledged records are missing, or that the index is
 //!   not this journal's;
@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, IndexError, Result};
-#[cfg(feature = "fjall")]
-use crate::index::FjallIndex;
-use crate::index::{KeyIndex, LiveIndex, MemIndex, SledIndex};
+#[cfg(feature = "sled")]
+use crate::index::SledIndex;
+use crate::index::{FjallIndex, KeyIndex, LiveIndex, MemIndex};
 use crate::journal::{Journal, JournalConfig};
 use crate::limits::LIST_LIMIT_MAX;
 use crate::model::InputError;
@@ -44,8 +44,8 @@ impl Ledger {
     }
 
     /// Opens the ledger in `dir` and rebuilds its index from the journal: the journal's lock
-    /// is taken first, so a ledger another process holds is never disturbed, then only sled's
-    /// own files are removed from the index directory.
+    /// is taken first, so a ledger another process holds is never disturbed, then only the
+    /// configured index engine's own files are removed from the index directory.
     ///
     /// # Errors
     /// As [`Ledger::open`] (a read-only configuration is refused: rebuilding writes).
@@ -312,18 +312,18 @@ fn check_index_dir(ledger_dir: &Path, index_dir: &Path) -> Result<()> {
 /// Deletes the files `engine` keeps in `dir`, and nothing else.
 fn remove_index_files(engine: IndexEngine, dir: &Path) -> Result<()> {
     match engine {
-        IndexEngine::Sled => SledIndex::remove_files(dir),
-        #[cfg(feature = "fjall")]
         IndexEngine::Fjall => FjallIndex::remove_files(dir),
+        #[cfg(feature = "sled")]
+        IndexEngine::Sled => SledIndex::remove_files(dir),
     }
 }
 
 /// Whether `engine` keeps an index in `dir`.
 fn index_exists(engine: IndexEngine, dir: &Path) -> bool {
     match engine {
-        IndexEngine::Sled => SledIndex::exists(dir),
-        #[cfg(feature = "fjall")]
         IndexEngine::Fjall => FjallIndex::exists(dir),
+        #[cfg(feature = "sled")]
+        IndexEngine::Sled => SledIndex::exists(dir),
     }
 }
 
@@ -339,9 +339,9 @@ fn open_engine(
         Ok(opened?.map(|index| Box::new(index) as Box<dyn KeyIndex>))
     }
     match engine {
-        IndexEngine::Sled => boxed(SledIndex::open(dir, cache_bytes)),
-        #[cfg(feature = "fjall")]
         IndexEngine::Fjall => boxed(FjallIndex::open(dir, cache_bytes)),
+        #[cfg(feature = "sled")]
+        IndexEngine::Sled => boxed(SledIndex::open(dir, cache_bytes)),
     }
 }
 

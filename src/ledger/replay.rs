@@ -27,10 +27,10 @@ use crate::model::{Event, IdempotencyKey, PaymentState, ReconcileConfig, Sequenc
 
 use super::write::started_reference;
 
-/// Events applied per batch. Measured on a rebuild of 3 million events (`cargo bench --bench
-/// scale`, 2 cores): 128 → 115k events/s, 512 → 132k, 1,024 → 112k, 16,384 → 90k. Small
-/// batches keep what the folder builds and sled copies within the CPU caches and below the
-/// allocator's trim threshold; much smaller ones pay sled's cost per batch.
+/// Events applied per batch. Measured with sled on a rebuild of 3 million events (`cargo bench
+/// --bench scale`, 2 cores): 128 → 115k events/s, 512 → 132k, 1,024 → 112k, 16,384 → 90k.
+/// Small batches keep what the folder builds and the engine copies within the CPU caches and
+/// below the allocator's trim threshold; much smaller ones pay the engine's cost per batch.
 const REPLAY_BATCH_EVENTS: usize = 512;
 
 /// The largest filter of keys seen a replay into an empty index keeps: 2^27 bits, 16 MiB

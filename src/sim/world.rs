@@ -382,7 +382,7 @@ impl World {
     }
 
     /// What the crash does to the index (on the real file system, closed by now): usually
-    /// nothing; sometimes it is lost, or rolled back to an older snapshot, as sled's own
+    /// nothing; sometimes it is lost, or rolled back to an older snapshot, as the engine's own
     /// recovery may leave it after a power cut. Snapshots are taken of the closed index.
     pub(super) fn crash_index(&mut self) -> Result<()> {
         let index = self.index_dir.path().to_path_buf();

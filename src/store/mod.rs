@@ -2,7 +2,7 @@
 //!
 //! The fold and the gate decide (`model`); a store orders and persists one key's events;
 //! [`StoreLedger`] runs the charge's discipline over any store. The
-//! embedded journal + sled index is one implementation ([`Ledger`](crate::Ledger) implements
+//! embedded journal + index is one implementation ([`Ledger`](crate::Ledger) implements
 //! [`EventStore`]); the seam exists for a store that several processes share (PostgreSQL,
 //! `store-postgres/`).
 //!

@@ -382,4 +382,44 @@ fn a_damaged_fjall_index_is_rebuilt_or_named_never_served_wrong() {
     }
     eprintln!("damaged fjall index: rebuilt {rebuilt}, named {named}, unharmed {unharmed}");
     assert!(rebuilt + named > 0, "some damage was noticed");
+
+    // A value whose bytes changed inside fjall (its own checks pass): the entry's checksum
+    // names the index at the first read, and no charge is decided from it. (Key 6 is a plain
+    // success: nothing reads it during the open.)
+    std::fs::remove_dir_all(&index).unwrap();
+    crate::promise::copy_dir(pristine.path(), &index);
+    {
+        let db = fjall::Database::builder(index.join("fjall"))
+            .open()
+            .unwrap();
+        let tree = db
+            .keyspace("index", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let state_key = [b"s".as_slice(), keys[6].as_str().as_bytes()].concat();
+        let mut value = tree.get(&state_key).unwrap().unwrap().to_vec();
+        let last = value.len() - 1;
+        value[last] ^= 0x01;
+        tree.insert(state_key, value).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let (ledger, _) = Ledger::open(tmp.path(), config(IndexEngine::Fjall, &clock)).unwrap();
+    match ledger.state(&keys[6]) {
+        Err(Error::Index {
+            index: named_index,
+            kind: IndexError::Damaged { .. },
+        }) => assert_eq!(named_index, index),
+        other => panic!("expected the damaged entry to be named, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            ledger.begin(&keys[6], &intent(1_000)),
+            Err(Error::Index { .. })
+        ),
+        "no charge is decided from a damaged entry"
+    );
+    assert_eq!(
+        ledger.state(&keys[8]).unwrap(),
+        before[8],
+        "the rest is served"
+    );
 }
