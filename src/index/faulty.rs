@@ -21,6 +21,8 @@ struct State {
     paused: Mutex<bool>,
     resumed: Condvar,
     failing: AtomicBool,
+    /// Reads of a key's entry that fail before reads succeed again.
+    failing_gets: AtomicU64,
 }
 
 /// A handle on the faults of a ledger's index (feature `testing`): set it in
@@ -41,6 +43,12 @@ impl IndexFaults {
     pub fn fail_after(&self, applies: u64) {
         let done = self.0.applied.load(Ordering::SeqCst);
         self.0.fail_after.store(done + applies, Ordering::SeqCst);
+    }
+
+    /// The next `reads` reads of a key's entry from the index fail with an I/O error (a
+    /// transient read error: the ledger goes on).
+    pub fn fail_next_gets(&self, reads: u64) {
+        self.0.failing_gets.store(reads, Ordering::SeqCst);
     }
 
     /// Applies wait until [`IndexFaults::resume`].
@@ -99,6 +107,17 @@ impl KeyIndex for FaultyIndex {
     }
 
     fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
+        let failing =
+            self.faults
+                .0
+                .failing_gets
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(Error::io(
+                "reading the index",
+                std::io::Error::from(std::io::ErrorKind::Other),
+            ));
+        }
         self.base.get(key)
     }
 

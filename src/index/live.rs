@@ -92,7 +92,7 @@ struct Shared {
     queue: Mutex<Queue>,
     /// The applier waits here for commits.
     work: Condvar,
-    /// Writers wait here for room in the backlog, and `wait_applied` for the watermark.
+    /// Writers wait here for room in the backlog, and `wait_applied_for` for the watermark.
     progress: Condvar,
 }
 
@@ -180,10 +180,12 @@ impl LiveIndex {
         }
     }
 
-    /// Waits until the index reflects the journal up to `upto`.
+    /// Waits until the index reflects the journal up to `upto` (the schedule explorations' wait;
+    /// the ledger uses `wait_applied_for`, which also lets it notice a stopped journal).
     ///
     /// # Errors
     /// [`Error::IndexFailed`] if the applier fails first.
+    #[cfg(all(test, shuttle))]
     pub fn wait_applied(&self, upto: Sequence) -> Result<()> {
         let mut queue = lock(&self.shared.queue);
         loop {

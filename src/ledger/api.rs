@@ -236,6 +236,14 @@ impl Ledger {
             ),
         };
         let after = self.write_events(key, entry, vec![self.event(key, kind)])?;
+        // Evidence that settles the key also ends this process's "outcome could not be
+        // written" wait on it, as a query's answer or an operator's resolution does.
+        if !matches!(
+            after.state.phase,
+            Phase::Unknown { .. } | Phase::InFlight { .. }
+        ) {
+            self.inner.gate.clear_unwritten(key);
+        }
         let outcome = match outcome {
             // Report where the key really stands: a settled attempt beside a recorded
             // contradiction ends the key in conflict.

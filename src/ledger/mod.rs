@@ -100,6 +100,8 @@ struct Inner {
     unknown_since: Mutex<HashMap<(IdempotencyKey, Track), UnknownWait>>,
     /// Where the reconciler's scan of in-flight keys resumes, so every key gets its turn.
     in_flight_cursor: Mutex<Option<IdempotencyKey>>,
+    /// Where the reconciler's scan of keys with an operation in flight resumes.
+    operations_cursor: Mutex<Option<IdempotencyKey>>,
     /// Live tickets of operations: (key, ordinal) → the attempt and when its ticket was issued.
     operations_live: Mutex<HashMap<(IdempotencyKey, u32), (AttemptNumber, MonotonicMillis)>>,
 }
@@ -114,7 +116,19 @@ impl Inner {
             gate: KeyGate::new(),
             unknown_since: Mutex::new(HashMap::new()),
             in_flight_cursor: Mutex::new(None),
+            operations_cursor: Mutex::new(None),
             operations_live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The ticket of operation `ordinal` of `key` for `attempt` is gone (recorded, dropped or
+    /// taken over). A ticket of another attempt stays live: a late ticket never releases its
+    /// successor's.
+    fn release_operation(&self, key: &IdempotencyKey, ordinal: u32, attempt: AttemptNumber) {
+        let mut live = crate::sync::lock(&self.operations_live);
+        let id = (key.clone(), ordinal);
+        if live.get(&id).is_some_and(|(a, _)| *a == attempt) {
+            live.remove(&id);
         }
     }
 }

@@ -235,7 +235,7 @@ impl Ledger {
         ticket.recorded = true;
         let (key, ordinal, attempt) = (ticket.key.clone(), ticket.ordinal, ticket.attempt);
         let _guard = self.lock_key(&key);
-        lock(&self.inner.operations_live).remove(&(key.clone(), ordinal));
+        self.inner.release_operation(&key, ordinal, attempt);
         let entry = self.inner.index.get(&key)?;
         let state = entry
             .as_ref()
@@ -494,13 +494,26 @@ impl Ledger {
 
     /// Takes over operations in flight that nobody will report: no live ticket (dropped, or a
     /// previous process's: `orphans`) or an expired lease. They become unknown; returns how many.
+    /// The reconciler's scan resumes where the previous one stopped, so every key gets its turn
+    /// (at open, `orphans`, every listed key's operations become unknown, so it starts over).
     pub(crate) fn take_over_operations(&self, limit: usize, orphans: bool) -> Result<usize> {
         self.wait_indexed()?;
-        let keys = self.inner.index.list(
-            PhaseKind::OperationInFlight,
-            None,
-            limit.min(LIST_LIMIT_MAX),
-        )?;
+        let limit = limit.min(LIST_LIMIT_MAX);
+        let cursor = match orphans {
+            true => None,
+            false => lock(&self.inner.operations_cursor).clone(),
+        };
+        let keys = self
+            .inner
+            .index
+            .list(PhaseKind::OperationInFlight, cursor.as_ref(), limit)?;
+        if !orphans {
+            *lock(&self.inner.operations_cursor) = if keys.len() < limit {
+                None
+            } else {
+                keys.last().cloned()
+            };
+        }
         let lease_ms = self.inner.config.ticket_lease_ms;
         let mut count = 0;
         for key in keys {
@@ -514,14 +527,16 @@ impl Ledger {
                 let Phase::InFlight { attempt, .. } = op.phase else {
                     continue;
                 };
+                // A live ticket of another attempt does not hold this one.
                 let live = lock(&self.inner.operations_live)
                     .get(&(key.clone(), op.ordinal))
-                    .copied();
+                    .copied()
+                    .filter(|(live_attempt, _)| *live_attempt == attempt);
                 let reason = match live {
                     None if orphans => UnknownReason::ProcessEnded,
                     None => UnknownReason::TicketDropped,
                     Some((_, issued)) if self.monotonic_now().since(issued) > lease_ms => {
-                        lock(&self.inner.operations_live).remove(&(key.clone(), op.ordinal));
+                        self.inner.release_operation(&key, op.ordinal, attempt);
                         UnknownReason::LeaseExpired
                     }
                     Some(_) => continue,

@@ -112,7 +112,7 @@ impl Drop for OperationTicket {
         }
         if let Some(inner) = self.ledger.upgrade() {
             tracing::warn!(key = %self.key, ordinal = self.ordinal, attempt = self.attempt.get(), "operation ticket dropped without an outcome; left for the reconciler");
-            crate::sync::lock(&inner.operations_live).remove(&(self.key.clone(), self.ordinal));
+            inner.release_operation(&self.key, self.ordinal, self.attempt);
         }
     }
 }

@@ -8,7 +8,7 @@
 //!   fail-stop);
 //! - an attempt that becomes unknown starts its monotonic wait here, in this process.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::{IndexEntry, KeyUpdate, Listing, StoredEvent};
 use crate::journal::codec::encode_event;
 use crate::limits::UNKNOWN_WAITS_MAX;
@@ -16,8 +16,13 @@ use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference, Sequence, U
 use crate::model::{Event, EventKind, OperationStep};
 use crate::model::{PaymentState, Phase, apply};
 
+use std::time::Duration;
+
 use super::{Ledger, Track, UnknownWait};
 use crate::sync::lock;
+
+/// How often a wait for the index looks at whether the journal stopped.
+const STOPPED_JOURNAL_CHECK: Duration = Duration::from_millis(100);
 
 impl Ledger {
     /// Checks `events` against the fold, appends them atomically, then hands them to the
@@ -151,11 +156,35 @@ impl Ledger {
     /// current.
     ///
     /// # Errors
-    /// [`crate::Error::IndexFailed`] if applying fails first.
+    /// [`crate::Error::IndexFailed`] if applying fails first; [`crate::Error::Poisoned`] if the
+    /// journal stopped and the index does not reach its end: a commit that failed after part
+    /// of it was synced (a roll-over that failed mid-batch) leaves durable records whose writers
+    /// were told they failed, and nobody hands those to the index.
     pub fn wait_indexed(&self) -> Result<()> {
-        self.inner
-            .index
-            .wait_applied(self.inner.journal.last_sequence())
+        let target = self.inner.journal.last_sequence();
+        loop {
+            if self
+                .inner
+                .index
+                .wait_applied_for(target, STOPPED_JOURNAL_CHECK)
+            {
+                return Ok(());
+            }
+            if let Some(cause) = self.inner.index.failure() {
+                return Err(Error::IndexFailed { cause });
+            }
+            if let Some(cause) = self.inner.journal.stopped() {
+                // Whatever was handed over has been applied by now, or never will be.
+                if self
+                    .inner
+                    .index
+                    .wait_applied_for(target, STOPPED_JOURNAL_CHECK)
+                {
+                    return Ok(());
+                }
+                return Err(Error::Poisoned { cause });
+            }
+        }
     }
 }
 

@@ -215,3 +215,114 @@ fn open_and_verify_read_in_bounded_windows() {
         "largest single read {read_max} bytes of a 16 MiB segment"
     );
 }
+
+/// Storage over a `SimDisk` on which the second segment can never be created (a full disk at
+/// the first roll-over).
+#[derive(Debug, Clone)]
+struct NoSecondSegment(SimDisk);
+
+impl NoSecondSegment {
+    fn refuses(path: &Path) -> bool {
+        path.file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("00000000000000000001"))
+    }
+}
+
+impl Storage for NoSecondSegment {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.0.create_dir_all(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.0.exists(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.0.list(dir)
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
+        if create && Self::refuses(path) {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.0.open(path, create)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        self.0.open_read(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if Self::refuses(to) {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.0.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.0.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.0.sync_dir(dir)
+    }
+    fn try_lock(&self, dir: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+        self.0.try_lock(dir)
+    }
+    fn background_writes(&self) -> bool {
+        self.0.background_writes()
+    }
+}
+
+/// Found in review: a commit batch that spans a segment boundary syncs its first part, then
+/// the roll-over fails, and every append of the batch is answered `AppendFailed`: none of them
+/// reaches the index although some are durable. Waiting for the index (lists, counts, the
+/// reconciler) must then end with the journal's error, not wait forever for sequences nobody
+/// will apply. Runs until a batch did span the boundary (a gap between the durable journal and
+/// what reached the index), which concurrent writers make happen within a few runs.
+#[test]
+fn a_failed_roll_over_inside_a_commit_never_leaves_index_waiters_waiting() {
+    use payledger::*;
+    let mut gaps = 0;
+    for run in 0..30u64 {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = crate::support::clock();
+        let config = LedgerConfig {
+            segment_len: 4096,
+            storage: Arc::new(NoSecondSegment(SimDisk::new(run))),
+            index_dir: Some(tmp.path().to_path_buf()),
+            ..crate::support::config(&clock)
+        };
+        let (ledger, _) = Ledger::open(dir(), config).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..16 {
+                let ledger = &ledger;
+                s.spawn(move || {
+                    for i in 0.. {
+                        let k = crate::support::key(&format!("roll-{t}-{i}"));
+                        if ledger.begin(&k, &crate::support::intent(100)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        assert!(ledger.journal().stopped().is_some(), "the roll-over failed");
+        let durable = ledger.journal().last_sequence();
+        let (tx, rx) = mpsc::channel();
+        let waiter = ledger.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(waiter.wait_indexed());
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            // Every durable record reached the index: this batch did not span the boundary.
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => {
+                assert!(matches!(e, Error::Poisoned { .. }), "{e:?}");
+                gaps += 1;
+                break;
+            }
+            Err(_) => panic!(
+                "run {run}: waiting for the index never ends (journal durable up to {durable:?}, index at {:?})",
+                ledger.index_watermark()
+            ),
+        }
+    }
+    assert!(
+        gaps > 0,
+        "no commit batch spanned the failed roll-over in 30 runs"
+    );
+}

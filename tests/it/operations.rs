@@ -1105,3 +1105,132 @@ fn every_charge_a_conflict_shows_is_counted_as_captured() {
     assert!(matches!(state.phase, Phase::Conflict { .. }), "{state:?}");
     assert_eq!(state.sums().captured, 2_000, "{:?}", state.charges);
 }
+
+/// Found in review: the ticket of a refund attempt whose lease expired (its call hung, the
+/// reconciler took it over, the refund proved never made and was retried) must not release the
+/// ticket of the retry when its late answer finally arrives: a retry of the request then sees
+/// the second attempt in flight, not "dropped", and its own outcome is recorded as such.
+#[test]
+fn a_late_refund_ticket_never_releases_the_ticket_of_its_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (ledger, _) = Ledger::open(tmp.path(), config(&clock)).unwrap();
+    let k = pay(&ledger, "refund-late", 1_000);
+    let id = RequestId::new("refund-late-1").unwrap();
+    let Decision::Attempt(first) = ledger
+        .begin_operation(&k, OperationKind::Refund, &id, amt(1_000))
+        .unwrap()
+    else {
+        panic!("a refund attempt");
+    };
+    // The call hangs past its lease; the reconciler takes attempt 1 over, and "not found"
+    // answers prove it never reached the provider.
+    clock.advance(first.lease_ms() + 1_000);
+    let provider = FakeProvider::new();
+    Reconciler::new(ledger.clone(), std::sync::Arc::clone(&provider))
+        .run_once()
+        .unwrap();
+    clock.advance(70_000);
+    let phase = reconcile_refund(&ledger, &clock, &k, 1, 10, 5_000);
+    assert!(matches!(phase, Phase::Ready { .. }), "{phase:?}");
+    let Decision::Attempt(second) = ledger
+        .begin_operation(&k, OperationKind::Refund, &id, amt(1_000))
+        .unwrap()
+    else {
+        panic!("a retry of a refund proved never made");
+    };
+    assert_eq!(second.attempt(), a(2));
+    // The hung call of attempt 1 returns at last.
+    ledger
+        .record_operation(
+            first,
+            Outcome::NotSent {
+                reason: NotSentReason::ConnectionRefused,
+            },
+        )
+        .unwrap();
+    // Attempt 2's call is still running: a retry of the request waits for it.
+    let again = ledger
+        .begin_operation(&k, OperationKind::Refund, &id, amt(1_000))
+        .unwrap();
+    assert!(
+        matches!(again, Decision::InFlight { attempt } if attempt == a(2)),
+        "{again:?}"
+    );
+    let state = ledger
+        .record_operation(
+            second,
+            Outcome::Succeeded {
+                transaction_id: txn("re_late"),
+                amount: amt(1_000),
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(state.operation(1).unwrap().phase, Phase::Succeeded { .. }),
+        "{state:?}"
+    );
+}
+
+/// Found in review: the reconciler's scan of operations in flight must resume where it
+/// stopped. With more keys holding live operation tickets than one pass takes, a dropped
+/// ticket on a key that sorts after them was never taken over.
+#[test]
+fn a_dropped_refund_ticket_behind_a_full_batch_of_live_ones_is_taken_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (ledger, _) = Ledger::open(tmp.path(), config(&clock)).unwrap();
+    let batch = reconcile_config().batch_max();
+    let mut live = Vec::new();
+    for i in 0..=batch {
+        let k = pay(&ledger, &format!("a-live-{i:04}"), 1_000);
+        let Decision::Attempt(ticket) = ledger
+            .begin_operation(
+                &k,
+                OperationKind::Refund,
+                &RequestId::new(format!("r-{i}")).unwrap(),
+                amt(100),
+            )
+            .unwrap()
+        else {
+            panic!("a refund attempt");
+        };
+        live.push(ticket);
+    }
+    let dropped = pay(&ledger, "z-dropped", 1_000);
+    let Decision::Attempt(ticket) = ledger
+        .begin_operation(
+            &dropped,
+            OperationKind::Refund,
+            &RequestId::new("r-dropped").unwrap(),
+            amt(100),
+        )
+        .unwrap()
+    else {
+        panic!("a refund attempt");
+    };
+    drop(ticket);
+    let reconciler = Reconciler::new(ledger.clone(), FakeProvider::new());
+    for _ in 0..3 {
+        reconciler.run_once().unwrap();
+    }
+    let state = ledger.state(&dropped).unwrap().unwrap();
+    assert!(
+        matches!(
+            state.operation(1).unwrap().phase,
+            Phase::Unknown {
+                reason: UnknownReason::TicketDropped,
+                ..
+            }
+        ),
+        "{:?}",
+        state.operation(1).unwrap().phase
+    );
+    // The live tickets were left alone.
+    let first = ledger.state(&key("a-live-0000")).unwrap().unwrap();
+    assert!(matches!(
+        first.operation(1).unwrap().phase,
+        Phase::InFlight { .. }
+    ));
+    drop(live);
+}

@@ -400,3 +400,63 @@ fn every_flipped_byte_of_the_last_acknowledged_commit_stops_the_open() {
     let (ledger, _) = Ledger::open("/ledger", config()).unwrap();
     assert_eq!(ledger.journal().last_sequence(), last);
 }
+
+/// Found in review: a key whose outcome could not be written is unknown in this process until
+/// something settles it. Evidence (a webhook) that settles it must also end that: `begin` then
+/// answers what the ledger now knows, not "awaiting reconciliation" until a restart.
+#[test]
+fn evidence_that_settles_a_key_whose_outcome_could_not_be_written_ends_its_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let faults = IndexFaults::default();
+    let config = LedgerConfig {
+        index_faults: Some(faults.clone()),
+        ..config(&clock)
+    };
+    let (ledger, _) = Ledger::open(tmp.path(), config).unwrap();
+    let k = key("unwritten-then-webhook");
+    let Begin::Attempt(ticket) = ledger.begin(&k, &intent(700)).unwrap() else {
+        panic!("a new key starts an attempt");
+    };
+    let reference = ticket.provider_reference().clone();
+    // The index has applied the attempt, so `record` reads it from the index: that read fails.
+    ledger.wait_indexed().unwrap();
+    faults.fail_next_gets(1);
+    let paid = Outcome::Succeeded {
+        transaction_id: TransactionId::new("ch_unwritten").unwrap(),
+        amount: Amount::new(700).unwrap(),
+    };
+    assert!(ledger.record(ticket, paid).is_err());
+    assert!(matches!(
+        ledger.state(&k).unwrap().unwrap().phase,
+        Phase::Unknown {
+            reason: UnknownReason::LocalWriteFailed,
+            ..
+        }
+    ));
+    assert!(matches!(
+        ledger.begin(&k, &intent(700)).unwrap(),
+        Begin::AwaitingReconciliation { .. }
+    ));
+    // The provider's webhook says it was charged.
+    let settled = ledger
+        .record_evidence(
+            &reference,
+            EvidenceSource::Webhook,
+            Finding::Charged {
+                transaction_id: TransactionId::new("ch_unwritten").unwrap(),
+                amount: Amount::new(700).unwrap(),
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(settled, EvidenceOutcome::Settled(Phase::Succeeded { .. })),
+        "{settled:?}"
+    );
+    let again = ledger.begin(&k, &intent(700)).unwrap();
+    assert!(matches!(again, Begin::AlreadySucceeded { .. }), "{again:?}");
+    assert!(matches!(
+        ledger.state(&k).unwrap().unwrap().phase,
+        Phase::Succeeded { .. }
+    ));
+}
