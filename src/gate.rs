@@ -212,8 +212,12 @@ impl KeyGate {
             attempt,
             issued: monotonic,
         };
-        let previous = lock(&self.live).insert(key.clone(), ticket);
-        assert!(previous.is_none(), "a ticket is inserted only once per key");
+        if let Some(previous) = lock(&self.live).insert(key.clone(), ticket) {
+            // Only a ledger also written through the event-store seam (which does not know this
+            // process's tickets) gets here: the new attempt is the one in flight, and the old
+            // ticket releases only its own attempt.
+            tracing::error!(key = %key, previous = previous.attempt.get(), attempt = attempt.get(), "a live ticket replaced: this ledger is also written through the event-store seam");
+        }
         Ok(Decision::Attempt(StartedAttempt {
             attempt,
             provider_reference,

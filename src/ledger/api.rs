@@ -370,10 +370,11 @@ impl Ledger {
     }
 }
 
-/// Refuses a provider deadline that is not shorter than a ticket lease of `lease_ms`.
+/// Refuses a provider deadline that is not shorter than a ticket lease of `lease_ms` (every
+/// deadline, for a lease of 0 or 1 ms).
 pub(crate) fn check_deadline(deadline: Duration, lease_ms: u64) -> Result<()> {
     let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-    check_range("deadline_ms", deadline_ms, 1, lease_ms - 1)?;
+    check_range("deadline_ms", deadline_ms, 1, lease_ms.saturating_sub(1))?;
     Ok(())
 }
 

@@ -110,11 +110,14 @@ impl Ledger {
             let attempt = *attempt;
             let reason = match self.inner.gate.live(&key) {
                 None => UnknownReason::TicketDropped,
+                // A ticket of an earlier attempt (moved on through the event-store seam, which
+                // does not know this process's tickets) does not hold this one.
+                Some(ticket) if ticket.attempt != attempt => {
+                    tracing::error!(key = %key, live = ticket.attempt.get(), attempt = attempt.get(), "a live ticket of another attempt: this ledger is also written through the event-store seam");
+                    self.inner.gate.release(&key, ticket.attempt);
+                    UnknownReason::TicketDropped
+                }
                 Some(ticket) => {
-                    assert_eq!(
-                        ticket.attempt, attempt,
-                        "a live ticket is the attempt in flight"
-                    );
                     if self.monotonic_now().since(ticket.issued) <= lease_ms {
                         continue;
                     }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use payledger::store::StoreLedger;
+use payledger::store::{StoreConfig, StoreLedger};
 use payledger::*;
 
 #[path = "../scenarios/store.rs"]
@@ -313,4 +313,130 @@ fn a_new_key_is_begun_without_a_load_and_a_retry_loads() {
         3,
         "intent, attempt, outcome"
     );
+}
+
+/// Found in review: `StoreConfig::ticket_lease_ms` is public and unchecked; a lease of 0 made
+/// `charge_once` subtract past zero (a panic in a debug build, any deadline accepted in a
+/// release build). It is a typed input error, and nothing is sent.
+#[test]
+fn a_zero_ticket_lease_is_an_input_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
+    let config = StoreConfig {
+        ticket_lease_ms: 0,
+        ..store_config(&clock)
+    };
+    let ledger = StoreLedger::new(embedded(tmp.path(), &clock), config);
+    let provider = Charges::default();
+    let result = ledger.charge_once(
+        &key("zero-lease"),
+        &intent(100),
+        &provider,
+        std::time::Duration::from_millis(100),
+    );
+    assert!(matches!(result, Err(Error::Input(_))), "{result:?}");
+    assert_eq!(ledger.state(&key("zero-lease")).unwrap(), None);
+}
+
+/// Found in review: "one API per ledger" was only documented. A live ticket of the `Ledger` API
+/// whose attempt was moved on through the event-store seam (its outcome and a second attempt
+/// appended there) made the reconciler's take-over assert and panic. Now the second attempt,
+/// which no live ticket holds, is taken over as dropped, and nothing panics.
+#[test]
+fn a_ticket_overtaken_through_the_seam_is_not_a_panic() {
+    use payledger::store::{Append, EventStore};
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
+    let ledger = embedded(tmp.path(), &clock);
+    let k = key("two-apis");
+    let Begin::Attempt(ticket) = ledger.begin(&k, &intent(100)).unwrap() else {
+        panic!("a new key starts an attempt");
+    };
+    let stored = ledger.load(&k).unwrap().unwrap();
+    let event = |kind| Event {
+        key: k.clone(),
+        at: UnixMillis(T0),
+        kind,
+    };
+    let events = [
+        event(EventKind::OutcomeReported {
+            attempt: AttemptNumber::FIRST,
+            outcome: Outcome::NotSent {
+                reason: NotSentReason::ConnectionRefused,
+            },
+        }),
+        event(EventKind::AttemptStarted {
+            attempt: AttemptNumber::new(2).unwrap(),
+            provider_reference: ProviderReference::derive(&k, AttemptNumber::new(2).unwrap()),
+        }),
+    ];
+    let mut after = stored.state.clone();
+    for e in &events {
+        after = apply(&after, e).unwrap();
+    }
+    ledger
+        .append(Append {
+            key: &k,
+            expected_version: stored.version,
+            events: &events,
+            after: &after,
+            next_query_at: None,
+        })
+        .unwrap();
+    let reconciler = Reconciler::new(ledger.clone(), Charges::default());
+    reconciler.run_once().unwrap();
+    assert!(matches!(
+        ledger.state(&k).unwrap().unwrap().phase,
+        Phase::Unknown {
+            reason: UnknownReason::TicketDropped,
+            ..
+        }
+    ));
+    drop(ticket);
+}
+
+/// The same through `begin`: the seam settled attempt 1 as never sent while its ticket is still
+/// live here; a new attempt replaces that ticket instead of asserting, and the old ticket's
+/// late answer never releases the new one.
+#[test]
+fn a_begin_after_the_seam_settled_a_live_ticket_is_not_a_panic() {
+    use payledger::store::{Append, EventStore};
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
+    let ledger = embedded(tmp.path(), &clock);
+    let k = key("two-apis-begin");
+    let Begin::Attempt(first) = ledger.begin(&k, &intent(100)).unwrap() else {
+        panic!("a new key starts an attempt");
+    };
+    let stored = ledger.load(&k).unwrap().unwrap();
+    let events = [Event {
+        key: k.clone(),
+        at: UnixMillis(T0),
+        kind: EventKind::OutcomeReported {
+            attempt: AttemptNumber::FIRST,
+            outcome: Outcome::NotSent {
+                reason: NotSentReason::ConnectionRefused,
+            },
+        },
+    }];
+    let after = apply(&stored.state, &events[0]).unwrap();
+    ledger
+        .append(Append {
+            key: &k,
+            expected_version: stored.version,
+            events: &events,
+            after: &after,
+            next_query_at: None,
+        })
+        .unwrap();
+    let Begin::Attempt(second) = ledger.begin(&k, &intent(100)).unwrap() else {
+        panic!("a retry of an attempt never sent");
+    };
+    assert_eq!(second.attempt(), AttemptNumber::new(2).unwrap());
+    drop(first);
+    assert!(matches!(
+        ledger.begin(&k, &intent(100)).unwrap(),
+        Begin::InFlight { .. }
+    ));
+    drop(second);
 }
