@@ -5,7 +5,7 @@
 //! cargo bench --bench scale                      # 1,000,000 keys: a few minutes on 2 cores
 //! cargo bench --bench scale -- --keys 3400000    # ~10 million events: the reopen target
 //! cargo bench --bench scale -- --smoke           # CI: 2,000 keys, checks every phase runs
-//! cargo bench --bench scale -- --engine fjall    # the fjall index instead of sled
+//! cargo bench --bench scale -- --engine sled     # sled's index instead of fjall (the default)
 //! ```
 //!
 //! Phases, each a child process of this binary (`--phase NAME DIR`):
@@ -51,7 +51,7 @@ fn engine(name: &str) -> Result<IndexEngine, String> {
 
 /// The default configuration, with the index engine this run measures.
 fn ledger_config() -> LedgerConfig {
-    let name = std::env::var(ENGINE_VAR).unwrap_or_else(|_| "sled".into());
+    let name = std::env::var(ENGINE_VAR).unwrap_or_else(|_| "fjall".into());
     LedgerConfig {
         index_engine: engine(&name).unwrap_or_default(),
         ..LedgerConfig::default()
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         .iter()
         .position(|a| a == "--engine")
         .and_then(|at| args.get(at + 1))
-        .map_or("sled", String::as_str);
+        .map_or("fjall", String::as_str);
     if let Err(e) = engine(engine_name) {
         eprintln!("scale: {e}");
         return ExitCode::from(2);
