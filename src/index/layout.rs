@@ -1,5 +1,6 @@
-//! The persistent index's layout, shared by its engines (`sled.rs`, and `fjall.rs` behind the
-//! `fjall` feature): which bytes go under which key, and the checksum that seals each value.
+//! The persistent index's layout, shared by its engines (`fjall.rs`, the default, and `sled.rs`
+//! behind the `sled` feature): which bytes go under which key, and the checksum that seals each
+//! value.
 //!
 //! Invariant: every value is sealed with a crc32 of its full engine key and its bytes, so that
 //! damage inside an engine's files is reported as [`IndexError::Damaged`], never served as a

@@ -174,7 +174,9 @@ impl Ledger {
                 return Err(Error::IndexFailed { cause });
             }
             if let Some(cause) = self.inner.journal.stopped() {
-                // Whatever was handed over has been applied by now, or never will be.
+                // Commits handed over before the stop are applied within this wait; what the
+                // index still lacks after it was written by a commit whose writers were told
+                // it failed, and nobody will hand it over.
                 if self
                     .inner
                     .index

@@ -1,4 +1,4 @@
-//! The fjall index engine (`IndexEngine::Fjall`, feature `fjall`): the store contract and the
+//! The fjall index engine (`IndexEngine::Fjall`, the default): the store contract and the
 //! seed scenarios on it, and one ledger's answers from either engine across reopens, rebuilds
 //! and switches of engine.
 
