@@ -217,9 +217,13 @@ fn open_and_verify_read_in_bounded_windows() {
 }
 
 /// Storage over a `SimDisk` on which the second segment can never be created (a full disk at
-/// the first roll-over).
+/// the first roll-over), and every sync takes a few milliseconds, as a real disk's does, so
+/// that concurrent appends gather into commit batches of many records.
 #[derive(Debug, Clone)]
 struct NoSecondSegment(SimDisk);
+
+/// How long a sync of [`NoSecondSegment`] takes.
+const SLOW_SYNC: Duration = Duration::from_millis(3);
 
 impl NoSecondSegment {
     fn refuses(path: &Path) -> bool {
@@ -242,7 +246,13 @@ impl Storage for NoSecondSegment {
         if create && Self::refuses(path) {
             return Err(io::Error::from(io::ErrorKind::StorageFull));
         }
-        self.0.open(path, create)
+        Ok(Box::new(crate::support::SyncWith {
+            inner: self.0.open(path, create)?,
+            sync: |file: &dyn StorageFile| {
+                std::thread::sleep(SLOW_SYNC);
+                file.sync_data()
+            },
+        }))
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         self.0.open_read(path)
@@ -272,10 +282,15 @@ impl Storage for NoSecondSegment {
 /// reaches the index although some are durable. Waiting for the index (lists, counts, the
 /// reconciler) must then end with the journal's error, not wait forever for sequences nobody
 /// will apply. Runs until a batch did span the boundary (a gap between the durable journal and
-/// what reached the index), which concurrent writers make happen within a few runs.
+/// what reached the index). Twelve writers behind a 3 ms sync gather batches of about twelve
+/// records, and 32 records fill the segment, so a batch straddles the boundary in almost every
+/// run. (With instant syncs batches were one or two records, and a clean-clone CI run once went
+/// 30 runs without a straddling batch.)
 #[test]
 fn a_failed_roll_over_inside_a_commit_never_leaves_index_waiters_waiting() {
     use payledger::*;
+    // 32 records of this test fill a 4 KiB segment; batches of 12 do not end on 32.
+    const WRITERS: usize = 12;
     let mut gaps = 0;
     for run in 0..30u64 {
         let tmp = tempfile::tempdir().unwrap();
@@ -288,7 +303,7 @@ fn a_failed_roll_over_inside_a_commit_never_leaves_index_waiters_waiting() {
         };
         let (ledger, _) = Ledger::open(dir(), config).unwrap();
         std::thread::scope(|s| {
-            for t in 0..16 {
+            for t in 0..WRITERS {
                 let ledger = &ledger;
                 s.spawn(move || {
                     for i in 0.. {

@@ -143,35 +143,6 @@ fn damage_before_an_intact_commit_is_corruption_not_a_power_cut() {
 #[derive(Debug, Clone)]
 struct SkipsDataSync(SimDisk);
 
-#[derive(Debug)]
-struct SkipsFile(Box<dyn StorageFile>, std::sync::atomic::AtomicBool);
-
-impl StorageFile for SkipsFile {
-    fn file_len(&self) -> io::Result<u64> {
-        self.0.file_len()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.0.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_all_at(data, offset)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        // The first sync of a new segment (header and preallocation) happens; no later one.
-        if self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Ok(())
-        } else {
-            self.0.sync_data()
-        }
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn preallocate(&self, len: u64) -> io::Result<()> {
-        self.0.preallocate(len)
-    }
-}
-
 impl Storage for SkipsDataSync {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.0.create_dir_all(dir)
@@ -186,10 +157,18 @@ impl Storage for SkipsDataSync {
         let file = self.0.open(path, create)?;
         // A new segment (created as .seg.tmp) gets its first sync; an existing one none.
         let created = path.extension().is_some_and(|e| e == "tmp");
-        Ok(Box::new(SkipsFile(
-            file,
-            std::sync::atomic::AtomicBool::new(!created),
-        )))
+        // The first sync of a new segment (header and preallocation) happens; no later one.
+        let synced = std::sync::atomic::AtomicBool::new(!created);
+        Ok(Box::new(crate::support::SyncWith {
+            inner: file,
+            sync: move |file: &dyn StorageFile| {
+                if synced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    file.sync_data()
+                }
+            },
+        }))
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         self.0.open_read(path)

@@ -127,3 +127,42 @@ pub fn frames(segment: &[u8]) -> Vec<(usize, usize, u32)> {
     }
     frames
 }
+
+/// A file whose `sync_data` runs `sync` on the inner file instead of syncing it directly;
+/// everything else is the inner file's. Fault storages build their files from it.
+pub struct SyncWith<F> {
+    pub inner: Box<dyn payledger::journal::storage::StorageFile>,
+    pub sync: F,
+}
+
+impl<F> std::fmt::Debug for SyncWith<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncWith")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> payledger::journal::storage::StorageFile for SyncWith<F>
+where
+    F: Fn(&dyn payledger::journal::storage::StorageFile) -> std::io::Result<()> + Send + Sync,
+{
+    fn file_len(&self) -> std::io::Result<u64> {
+        self.inner.file_len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(data, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        (self.sync)(&*self.inner)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn preallocate(&self, len: u64) -> std::io::Result<()> {
+        self.inner.preallocate(len)
+    }
+}
