@@ -62,6 +62,24 @@ pub(crate) struct LiveTicket {
     pub issued: MonotonicMillis,
 }
 
+/// What the gate decided under the key's lock.
+#[derive(Debug)]
+pub(crate) enum Admission<A> {
+    /// The answer: nothing is left to append.
+    Decided(Decision<StartedAttempt>),
+    /// A new attempt's events went to the append (`append` is what it returned): once they are
+    /// durable, [`KeyGate::started`] makes its ticket live.
+    Appending { append: A, attempt: IssuedAttempt },
+}
+
+/// A new attempt whose events are being appended, and when its ticket is handed out.
+#[derive(Debug)]
+pub(crate) struct IssuedAttempt {
+    pub attempt: StartedAttempt,
+    /// On the monotonic clock: the ticket's lease runs from here.
+    pub issued: MonotonicMillis,
+}
+
 #[derive(Debug)]
 pub(crate) struct KeyGate {
     stripes: Vec<Mutex<()>>,
@@ -82,10 +100,7 @@ impl KeyGate {
 
     /// Serialises work on `key` (and on the keys sharing its stripe) until the guard drops.
     pub fn lock(&self, key: &IdempotencyKey) -> MutexGuard<'_, ()> {
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        let stripe = usize::try_from(hasher.finish() % STRIPES as u64).unwrap_or(0);
-        lock(&self.stripes[stripe])
+        lock(&self.stripes[stripe_of(key)])
     }
 
     /// Whether `key` has a live ticket.
@@ -130,6 +145,18 @@ impl KeyGate {
         lock(&self.unwritten).remove(key);
     }
 
+    /// Serialises work on `key` as [`KeyGate::lock`] does if nobody holds its stripe now;
+    /// `None` if somebody (this thread included) does.
+    #[cfg(feature = "async")]
+    pub fn try_lock(&self, key: &IdempotencyKey) -> Option<MutexGuard<'_, ()>> {
+        let stripe = &self.stripes[stripe_of(key)];
+        match stripe.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// The gate: decides what a request for `key` with `intent` may do, and for a new attempt
     /// makes it durable and its ticket live before returning.
     pub fn admit<S: GateStore>(
@@ -140,12 +167,34 @@ impl KeyGate {
         now: UnixMillis,
         monotonic: MonotonicMillis,
     ) -> Result<Decision<StartedAttempt>> {
+        let _guard = self.lock(key);
+        let append = |before: Option<&S::Entry>, events| store.append(key, before, events);
+        match self.admit_locked(store, key, request, now, monotonic, append)? {
+            Admission::Decided(decision) => Ok(decision),
+            Admission::Appending {
+                append: (),
+                attempt,
+            } => Ok(self.started(key, attempt)),
+        }
+    }
+
+    /// [`KeyGate::admit`] for a caller that holds `key`'s lock, up to the append of a new
+    /// attempt's events, which `append` makes (or queues: the caller then finishes the append
+    /// and calls [`KeyGate::started`], both still holding the lock).
+    pub fn admit_locked<S: GateStore, A>(
+        &self,
+        store: &S,
+        key: &IdempotencyKey,
+        request: &Request<'_>,
+        now: UnixMillis,
+        monotonic: MonotonicMillis,
+        append: impl FnOnce(Option<&S::Entry>, Vec<Event>) -> Result<A>,
+    ) -> Result<Admission<A>> {
         let intent = request.intent;
         let fingerprint = match request.primary {
             PrimaryKind::Purchase => intent.fingerprint(),
             PrimaryKind::Authorization { .. } => intent.authorization_fingerprint(),
         };
-        let _guard = self.lock(key);
         let entry = store.load(key)?;
         let state = entry
             .as_ref()
@@ -158,7 +207,9 @@ impl KeyGate {
                 .phase
                 .possibly_charged()
                 .unwrap_or(AttemptNumber::FIRST);
-            return Ok(Decision::AwaitingReconciliation { attempt });
+            return Ok(Admission::Decided(Decision::AwaitingReconciliation {
+                attempt,
+            }));
         }
         let event = |kind| Event {
             key: key.clone(),
@@ -182,9 +233,11 @@ impl KeyGate {
                         },
                     })],
                 )?;
-                return Ok(Decision::AwaitingReconciliation { attempt });
+                return Ok(Admission::Decided(Decision::AwaitingReconciliation {
+                    attempt,
+                }));
             }
-            Err(other) => return Ok(other.widen()),
+            Err(other) => return Ok(Admission::Decided(other.widen())),
         };
         let provider_reference = ProviderReference::derive(key, attempt);
         let mut events = Vec::with_capacity(2);
@@ -207,22 +260,42 @@ impl KeyGate {
             attempt,
             provider_reference: provider_reference.clone(),
         }));
-        store.append(key, entry.as_ref(), events)?;
+        let append = append(entry.as_ref(), events)?;
+        Ok(Admission::Appending {
+            append,
+            attempt: IssuedAttempt {
+                attempt: StartedAttempt {
+                    attempt,
+                    provider_reference,
+                },
+                issued: monotonic,
+            },
+        })
+    }
+
+    /// The attempt's events are durable: its ticket is live from now. The caller holds `key`'s
+    /// lock.
+    pub fn started(&self, key: &IdempotencyKey, issued: IssuedAttempt) -> Decision<StartedAttempt> {
+        let IssuedAttempt { attempt, issued } = issued;
         let ticket = LiveTicket {
-            attempt,
-            issued: monotonic,
+            attempt: attempt.attempt,
+            issued,
         };
         if let Some(previous) = lock(&self.live).insert(key.clone(), ticket) {
             // Only a ledger also written through the event-store seam (which does not know this
             // process's tickets) gets here: the new attempt is the one in flight, and the old
             // ticket releases only its own attempt.
-            tracing::error!(key = %key, previous = previous.attempt.get(), attempt = attempt.get(), "a live ticket replaced: this ledger is also written through the event-store seam");
+            tracing::error!(key = %key, previous = previous.attempt.get(), attempt = attempt.attempt.get(), "a live ticket replaced: this ledger is also written through the event-store seam");
         }
-        Ok(Decision::Attempt(StartedAttempt {
-            attempt,
-            provider_reference,
-        }))
+        Decision::Attempt(attempt)
     }
+}
+
+/// The lock stripe of `key`.
+fn stripe_of(key: &IdempotencyKey) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    usize::try_from(hasher.finish() % STRIPES as u64).unwrap_or(0)
 }
 
 #[cfg(all(test, shuttle))]

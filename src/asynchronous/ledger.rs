@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use super::pool::{AsyncConfig, Pool, Reply};
 use crate::error::Result;
 use crate::ledger::{
-    Begin, ChargeReport, EvidenceOutcome, Health, HistoryEntry, Ledger, OperationBegin,
+    Begin, Call, ChargeReport, EvidenceOutcome, Health, HistoryEntry, Ledger, OperationBegin,
     OperationTicket, Ticket, outcome_within,
 };
 use crate::model::{
     Amount, AttemptNumber, EvidenceSource, Finding, IdempotencyKey, Intent, Note, OperationKind,
-    Operator, Outcome, PaymentState, PhaseKind, ProviderReference, RequestId, Resolution,
+    Operator, Outcome, PaymentState, PhaseKind, PrimaryKind, ProviderReference, RequestId,
+    Resolution,
 };
 use crate::provider::{ChargeReply, ChargeRequest, QueryReply};
 
@@ -114,8 +115,11 @@ impl AsyncLedger {
 
     /// [`Ledger::begin`].
     pub fn begin(&self, key: &IdempotencyKey, intent: &Intent) -> Reply<Begin> {
-        let (key, intent) = (key.clone(), intent.clone());
-        self.pool.call(move |ledger| ledger.begin(&key, &intent))
+        self.pool.begin(Call::Begin {
+            key: key.clone(),
+            intent: intent.clone(),
+            primary: PrimaryKind::Purchase,
+        })
     }
 
     /// [`Ledger::begin_authorization`].
@@ -125,16 +129,17 @@ impl AsyncLedger {
         intent: &Intent,
         multiple_captures: bool,
     ) -> Reply<Begin> {
-        let (key, intent) = (key.clone(), intent.clone());
-        self.pool
-            .call(move |ledger| ledger.begin_authorization(&key, &intent, multiple_captures))
+        self.pool.begin(Call::Begin {
+            key: key.clone(),
+            intent: intent.clone(),
+            primary: PrimaryKind::Authorization { multiple_captures },
+        })
     }
 
     /// [`Ledger::record`]. Never refused with [`Error::Overloaded`](crate::Error::Overloaded):
     /// the attempt was admitted by its `begin`, and its outcome always queues.
     pub fn record(&self, ticket: Ticket, outcome: Outcome) -> Reply<PaymentState> {
-        self.pool
-            .complete(move |ledger| ledger.record(ticket, outcome))
+        self.pool.record(Call::Record { ticket, outcome })
     }
 
     /// [`Ledger::charge_once`] with an async provider: `begin` and `record` run on the pool,

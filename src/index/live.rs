@@ -96,6 +96,18 @@ struct Shared {
     progress: Condvar,
 }
 
+/// Whether a writer waits for room in the backlog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Room {
+    /// Waits until the backlog is below its bound: a writer that holds no appended and
+    /// unsubmitted sequence (every blocking call).
+    Wait,
+    /// Never waits: a writer that may already hold appended sequences it has not submitted
+    /// yet (a batch, `ledger/batch.rs`), which the applier needs before it can make room.
+    /// The bound is exceeded by at most one batch per such writer.
+    Overshoot,
+}
+
 /// The index behind an overlay, fed by an applier thread.
 #[derive(Debug)]
 pub(crate) struct LiveIndex {
@@ -138,11 +150,12 @@ impl LiveIndex {
         })
     }
 
-    /// Waits until the backlog has room for one more commit; call before appending it.
+    /// Waits until the backlog has room for one more commit; call before appending it. With
+    /// [`Room::Overshoot`] it never waits (see there).
     ///
     /// # Errors
     /// [`Error::IndexFailed`] once the applier has failed.
-    pub fn reserve(&self) -> Result<()> {
+    pub fn reserve(&self, room: Room) -> Result<()> {
         let mut queue = lock(&self.shared.queue);
         loop {
             if let Some(cause) = &queue.failed {
@@ -150,7 +163,7 @@ impl LiveIndex {
                     cause: cause.clone(),
                 });
             }
-            if queue.backlog() < queue.backlog_max {
+            if room == Room::Overshoot || queue.backlog() < queue.backlog_max {
                 return Ok(());
             }
             queue = self.wait_for_applier(queue);
@@ -438,7 +451,7 @@ mod shuttle_tests {
                 crate::sync::spawn(move || {
                     let (key, durable) = &keys[w % 2];
                     for _ in 0..rounds {
-                        index.reserve().unwrap();
+                        index.reserve(Room::Wait).unwrap();
                         let mut durable = lock(durable);
                         let before = index.get(key).unwrap();
                         assert_eq!(

@@ -42,7 +42,7 @@ pub(crate) use faulty::FaultyIndex;
 #[cfg(feature = "testing")]
 pub use faulty::IndexFaults;
 pub(crate) use fjall::FjallIndex;
-pub(crate) use live::LiveIndex;
+pub(crate) use live::{LiveIndex, Room};
 pub(crate) use memory::MemIndex;
 
 /// An index error naming the index directory.

@@ -3,7 +3,9 @@
 //! There is no writer thread. The first appender to find no commit in progress becomes the
 //! leader: it takes every waiting append (whole appends, up to a batch limit), frames them in
 //! one commit frame, writes once, syncs once and hands each caller its sequences. A lone appender thus pays one
-//! write and one sync, with no thread hand-off.
+//! write and one sync, with no thread hand-off. A thread may also queue several appends
+//! (`submit`) before waiting for them (`wait_appended`); it passes the same condition variable
+//! with each, so that whichever of them a leader wakes, the thread wakes.
 //!
 //! Invariants:
 //! - an append returns `Ok` only after an `fdatasync` that covers every one of its records;
@@ -18,7 +20,7 @@ use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar};
+use std::sync::{Arc, Condvar, MutexGuard};
 use std::time::Instant;
 
 use crate::error::{Error, FatalCause, Result, TooLarge};
@@ -118,16 +120,35 @@ impl Journal {
     /// # Errors
     /// As [`Journal::append`].
     pub fn append_chained(&self, payloads: Vec<Vec<u8>>) -> Result<Appended> {
+        let wake = Arc::new(Condvar::new());
+        let id = self.submit(payloads, &wake)?;
+        self.wait_appended(id, &wake)
+    }
+
+    /// Queues `payloads` as one atomic append without waiting for it, and returns the id to
+    /// give [`Journal::wait_appended`]. Every append submitted by one thread is given that
+    /// thread's `wake`: whichever of them a leader wakes, the thread wakes. Nothing is durable
+    /// before `wait_appended` says so; until a thread waits, its appends wait for another
+    /// thread's commit (or its own, once it waits).
+    ///
+    /// # Errors
+    /// As [`Journal::append`], for what is known before the commit.
+    pub(crate) fn submit(&self, payloads: Vec<Vec<u8>>, wake: &Arc<Condvar>) -> Result<u64> {
         if self.is_read_only() {
             return Err(Error::ReadOnly);
         }
         self.check_append(&payloads)?;
         let mut queue = lock(&self.queue);
         while queue.stopped.is_none() && queue.waiting.len() >= COMMIT_QUEUE_LEN_MAX {
-            queue = self
-                .queue_changed
-                .wait(queue)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A full queue nobody is committing (its first appends may be this thread's,
+            // submitted and not yet waited for) is committed here.
+            queue = if queue.leader_active {
+                self.queue_changed
+                    .wait(queue)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            } else {
+                self.lead(queue)
+            };
         }
         if let Some(cause) = &queue.stopped {
             return Err(Error::Poisoned {
@@ -136,51 +157,65 @@ impl Journal {
         }
         let id = queue.next_id;
         queue.next_id += 1;
-        let wake = Arc::new(Condvar::new());
         queue.waiting.push(Request {
             id,
             payloads,
-            wake: Arc::clone(&wake),
+            wake: Arc::clone(wake),
         });
+        Ok(id)
+    }
+
+    /// Waits until the append `id` (from [`Journal::submit`] with the same `wake`) is durable
+    /// or has failed, leading commits while nobody else does.
+    ///
+    /// # Errors
+    /// As [`Journal::append`].
+    pub(crate) fn wait_appended(&self, id: u64, wake: &Condvar) -> Result<Appended> {
+        let mut queue = lock(&self.queue);
         loop {
             if let Some(result) = queue.done.remove(&id) {
                 return result;
             }
-            if !queue.leader_active {
-                queue.leader_active = true;
-                let batch = take_batch(&mut queue.waiting);
-                drop(queue);
-                // Room in the queue: wake the appenders held back by its bound.
-                self.queue_changed.notify_all();
-                let outcome = catch_unwind(AssertUnwindSafe(|| self.commit_batch(&batch)))
-                    .unwrap_or_else(|panic| Err(panicked(&*panic)));
-                queue = lock(&self.queue);
-                queue.leader_active = false;
-                let failed = outcome.is_err();
-                match outcome {
-                    Ok(appended) => {
-                        for (request, appended) in batch.iter().zip(appended) {
-                            queue.done.insert(request.id, Ok(appended));
-                        }
-                    }
-                    Err(cause) => self.stop(&mut queue, &batch, cause),
-                }
-                // Each answered appender is woken on its own; the first still waiting leads
-                // the next commit. After a failure every waiter has its answer.
-                for request in &batch {
-                    request.wake.notify_one();
-                }
-                if failed {
-                    self.queue_changed.notify_all();
-                } else if let Some(next) = queue.waiting.first() {
-                    next.wake.notify_one();
-                }
-                continue;
-            }
-            queue = wake
-                .wait(queue)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue = if queue.leader_active {
+                wake.wait(queue)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            } else {
+                self.lead(queue)
+            };
         }
+    }
+
+    /// Commits the appends waiting now (as many as one commit takes) as their leader.
+    fn lead<'a>(&'a self, mut queue: MutexGuard<'a, CommitQueue>) -> MutexGuard<'a, CommitQueue> {
+        queue.leader_active = true;
+        let batch = take_batch(&mut queue.waiting);
+        drop(queue);
+        // Room in the queue: wake the appenders held back by its bound.
+        self.queue_changed.notify_all();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.commit_batch(&batch)))
+            .unwrap_or_else(|panic| Err(panicked(&*panic)));
+        let mut queue = lock(&self.queue);
+        queue.leader_active = false;
+        let failed = outcome.is_err();
+        match outcome {
+            Ok(appended) => {
+                for (request, appended) in batch.iter().zip(appended) {
+                    queue.done.insert(request.id, Ok(appended));
+                }
+            }
+            Err(cause) => self.stop(&mut queue, &batch, cause),
+        }
+        // Each answered appender is woken on its own; the first still waiting leads the next
+        // commit. After a failure every waiter has its answer.
+        for request in &batch {
+            request.wake.notify_one();
+        }
+        if failed {
+            self.queue_changed.notify_all();
+        } else if let Some(next) = queue.waiting.first() {
+            next.wake.notify_one();
+        }
+        queue
     }
 
     /// Poisons the journal with `cause` and answers the failed batch (whose records may or may

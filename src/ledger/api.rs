@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::gate::Request;
+use crate::gate::{Request, StartedAttempt};
 use crate::index::IndexEntry;
 use crate::model::Intent;
 use crate::model::{AttemptNumber, IdempotencyKey, Note, Operator, ProviderReference};
+use crate::model::{Decision, PaymentState, Phase, PrimaryKind, Rejection, Verdict};
 use crate::model::{
     EventKind, EvidenceSource, Finding, Outcome, Resolution, UnknownReason, check_range,
 };
-use crate::model::{PaymentState, Phase, PrimaryKind, Rejection, Verdict};
 use crate::provider::{ChargeReply, ChargeRequest, Provider};
 
 use super::replies::{Begin, ChargeReport, EvidenceOutcome};
@@ -87,7 +87,7 @@ impl Ledger {
         intent: &Intent,
         primary: PrimaryKind,
     ) -> Result<Begin> {
-        let span = tracing::debug_span!("begin", key = %key, attempt = tracing::field::Empty, provider_reference = tracing::field::Empty);
+        let span = begin_span(key);
         let _enter = span.enter();
         let started = Instant::now();
         self.writable()?;
@@ -96,6 +96,18 @@ impl Ledger {
             self.inner
                 .gate
                 .admit(self, key, &request, self.now(), self.monotonic_now())?;
+        Ok(self.begun(key, primary, decision, started, &span))
+    }
+
+    /// The answer to a `begin`, its ticket made, logged and counted.
+    pub(super) fn begun(
+        &self,
+        key: &IdempotencyKey,
+        primary: PrimaryKind,
+        decision: Decision<StartedAttempt>,
+        started: Instant,
+        span: &tracing::Span,
+    ) -> Begin {
         let begin = decision.map_attempt(|started| {
             span.record("attempt", started.attempt.get());
             span.record("provider_reference", started.provider_reference.as_str());
@@ -114,7 +126,7 @@ impl Ledger {
             "begin"
         );
         crate::telemetry::decision(primary.name(), begin.name());
-        Ok(begin)
+        begin
     }
 
     /// Records the outcome of a ticket's provider call. If evidence settled the key meanwhile
@@ -126,21 +138,39 @@ impl Ledger {
     /// retryable) and the error is returned. [`Error::StaleTicket`] for a ticket of another
     /// ledger.
     pub fn record(&self, mut ticket: Ticket, outcome: Outcome) -> Result<PaymentState> {
-        let span = tracing::debug_span!("record", key = %ticket.key, attempt = ticket.attempt.get(), provider_reference = %ticket.provider_reference);
+        let span = record_span(&ticket);
         let _enter = span.enter();
         let started = Instant::now();
-        if !std::ptr::eq(ticket.ledger.as_ptr(), Arc::as_ptr(&self.inner)) {
-            return Err(Error::StaleTicket {
-                key: ticket.key.to_string(),
-                attempt: ticket.attempt.get(),
-            });
-        }
+        self.check_ticket(&ticket)?;
         ticket.recorded = true;
         let key = ticket.key.clone();
         let attempt = ticket.attempt;
         let _guard = self.lock_key(&key);
         self.inner.gate.release(&key, attempt);
         let result = self.record_locked(&key, attempt, outcome);
+        self.recorded(&key, result, started)
+    }
+
+    /// [`Error::StaleTicket`] unless `ticket` was handed out by this ledger.
+    pub(super) fn check_ticket(&self, ticket: &Ticket) -> Result<()> {
+        if std::ptr::eq(ticket.ledger.as_ptr(), Arc::as_ptr(&self.inner)) {
+            Ok(())
+        } else {
+            Err(Error::StaleTicket {
+                key: ticket.key.to_string(),
+                attempt: ticket.attempt.get(),
+            })
+        }
+    }
+
+    /// The answer to a `record`, logged; an outcome that could not be written leaves the key
+    /// unknown in this process. The caller holds the key's lock.
+    pub(super) fn recorded(
+        &self,
+        key: &IdempotencyKey,
+        result: Result<PaymentState>,
+        started: Instant,
+    ) -> Result<PaymentState> {
         match &result {
             Ok(state) => tracing::debug!(
                 phase = state.phase.name(),
@@ -149,7 +179,7 @@ impl Ledger {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "outcome could not be recorded; key treated as unknown");
-                self.inner.gate.mark_unwritten(&key, self.now());
+                self.inner.gate.mark_unwritten(key, self.now());
             }
         }
         result
@@ -368,6 +398,16 @@ impl Ledger {
         tracing::info!(phase = after.state.phase.name(), "resolved by operator");
         Ok(after.state)
     }
+}
+
+/// The span of one `begin`; the attempt fields are filled in once one is started.
+pub(super) fn begin_span(key: &IdempotencyKey) -> tracing::Span {
+    tracing::debug_span!("begin", key = %key, attempt = tracing::field::Empty, provider_reference = tracing::field::Empty)
+}
+
+/// The span of one `record`.
+pub(super) fn record_span(ticket: &Ticket) -> tracing::Span {
+    tracing::debug_span!("record", key = %ticket.key, attempt = ticket.attempt.get(), provider_reference = %ticket.provider_reference)
 }
 
 /// Refuses a provider deadline that is not shorter than a ticket lease of `lease_ms` (every

@@ -18,7 +18,8 @@
 //!   a second attempt); reopening catches the index up from the journal.
 //!
 //! Files: `config.rs` (how it is opened), `open.rs` (recovery of journal and index),
-//! `replay.rs` (bringing an index up to the journal), `write.rs` (the single write path), `api.rs` (begin, record, charge_once, evidence,
+//! `replay.rs` (bringing an index up to the journal), `write.rs` (the single write path),
+//! `batch.rs` (feature `async`: calls staged together, one commit), `api.rs` (begin, record, charge_once, evidence,
 //! resolve), `reconciliation.rs` (the narrow interface the reconciler uses), `query.rs`
 //! (state, history, lists, health), `ticket.rs`, `replies.rs` (the answer types).
 //!
@@ -54,6 +55,8 @@
 
 mod alerts;
 mod api;
+#[cfg(feature = "async")]
+mod batch;
 mod config;
 mod open;
 mod operations;
@@ -81,6 +84,8 @@ pub use alerts::{Alert, AlertThresholds};
 #[cfg(feature = "async")]
 pub(crate) use api::outcome_within;
 pub(crate) use api::{call_provider, check_deadline};
+#[cfg(feature = "async")]
+pub(crate) use batch::{Answer, Call};
 pub use config::{IndexEngine, LedgerConfig};
 pub use operations::OperationBegin;
 pub use replies::{

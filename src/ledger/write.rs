@@ -9,17 +9,35 @@
 //! - an attempt that becomes unknown starts its monotonic wait here, in this process.
 
 use crate::error::{Error, Result};
-use crate::index::{IndexEntry, KeyUpdate, Listing, StoredEvent};
+use crate::index::{IndexEntry, KeyUpdate, Listing, Room, StoredEvent};
 use crate::journal::codec::encode_event;
 use crate::limits::UNKNOWN_WAITS_MAX;
 use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference, Sequence, UnixMillis};
 use crate::model::{Event, EventKind, OperationStep};
 use crate::model::{PaymentState, Phase, apply};
 
+use std::sync::{Arc, Condvar};
 use std::time::Duration;
 
 use super::{Ledger, Track, UnknownWait};
 use crate::sync::lock;
+
+/// Events checked and queued for appending, not yet durable: what [`Ledger::finish_events`]
+/// needs to finish the write.
+#[derive(Debug)]
+pub(crate) struct StagedWrite {
+    /// The journal's id of the append.
+    append: u64,
+    key: IdempotencyKey,
+    /// The key's listing before the write (what the index removes).
+    before: Option<Listing>,
+    /// The positions of the key's events before the write.
+    stored: Vec<StoredEvent>,
+    state: PaymentState,
+    next_query_at: Option<UnixMillis>,
+    new_references: Vec<ProviderReference>,
+    events: Vec<Event>,
+}
 
 /// How often a wait for the index looks at whether the journal stopped.
 const STOPPED_JOURNAL_CHECK: Duration = Duration::from_millis(100);
@@ -33,10 +51,27 @@ impl Ledger {
         before: Option<&IndexEntry>,
         events: Vec<Event>,
     ) -> Result<IndexEntry> {
+        let wake = Arc::new(Condvar::new());
+        let staged = self.stage_events(key, before, events, Room::Wait, &wake)?;
+        self.finish_events(staged, &wake)
+    }
+
+    /// The first half of [`Ledger::write_events`]: checks `events` against the fold and queues
+    /// their append without waiting for it. The caller holds the key's lock until
+    /// [`Ledger::finish_events`] has returned, and calls it (with the same `wake`) before
+    /// anything else can fail: the applier needs every sequence.
+    pub(super) fn stage_events(
+        &self,
+        key: &IdempotencyKey,
+        before: Option<&IndexEntry>,
+        events: Vec<Event>,
+        room: Room,
+        wake: &Arc<Condvar>,
+    ) -> Result<StagedWrite> {
         self.writable()?;
         // Room in the index backlog is taken before appending: a writer waiting for it holds no
-        // sequence the applier needs.
-        self.inner.index.reserve()?;
+        // sequence the applier needs (a batch holding some does not wait: `room`).
+        self.inner.index.reserve(room)?;
         let mut state = before.map_or_else(|| PaymentState::new(key.clone()), |b| b.state.clone());
         for event in &events {
             state = apply(&state, event)?;
@@ -53,10 +88,35 @@ impl Ledger {
             .next_query_at_state(&state, last_at);
         let new_references: Vec<ProviderReference> =
             events.iter().filter_map(started_reference).collect();
-        let appended = self.inner.journal.append_chained(payloads)?;
+        let append = self.inner.journal.submit(payloads, wake)?;
+        Ok(StagedWrite {
+            append,
+            key: key.clone(),
+            before: before.map(Listing::of),
+            stored: before.map_or_else(Vec::new, |b| b.events.clone()),
+            state,
+            next_query_at,
+            new_references,
+            events,
+        })
+    }
+
+    /// The second half of [`Ledger::write_events`]: waits until the append is durable, then
+    /// hands it to the index applier. The key's lock is still held.
+    pub(super) fn finish_events(&self, staged: StagedWrite, wake: &Condvar) -> Result<IndexEntry> {
+        let StagedWrite {
+            append,
+            key,
+            before,
+            mut stored,
+            state,
+            next_query_at,
+            new_references,
+            events,
+        } = staged;
+        let appended = self.inner.journal.wait_appended(append, wake)?;
         // Nothing between the append and the submit may fail: the applier needs every sequence.
         let (first, last) = (*appended.sequences.start(), *appended.sequences.end());
-        let mut stored = before.map_or_else(Vec::new, |b| b.events.clone());
         stored.extend(
             (first.0..=last.0)
                 .map(Sequence)
@@ -70,8 +130,8 @@ impl Ledger {
             events: stored,
         };
         let update = KeyUpdate {
-            key: key.clone(),
-            before: before.map(Listing::of),
+            key,
+            before,
             after: after.clone(),
             new_references,
         };

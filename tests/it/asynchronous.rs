@@ -46,17 +46,27 @@ fn hold_the_worker(ledger: &AsyncLedger) -> mpsc::Sender<()> {
     release
 }
 
+/// `count` fresh keys named `prefix-n`, charged at once by `count` async tasks.
+fn charge_fresh_keys(
+    ledger: &AsyncLedger,
+    prefix: &str,
+    count: usize,
+    provider: &AsyncFake,
+) -> Vec<Result<ChargeReport>> {
+    let keys: Vec<IdempotencyKey> = (0..count).map(|n| key(&format!("{prefix}-{n}"))).collect();
+    let order = intent(1_000);
+    block_on(join_all(
+        keys.iter()
+            .map(|k| ledger.charge_once(k, &order, provider, DEADLINE)),
+    ))
+}
+
 #[test]
 fn concurrent_async_callers_share_group_commits() {
     let tmp = tempfile::tempdir().unwrap();
     let ledger = open(tmp.path(), &clock(), AsyncConfig::default());
     let provider = AsyncFake(FakeProvider::new());
-    let keys: Vec<IdempotencyKey> = (0..64).map(|n| key(&format!("async-{n}"))).collect();
-    let order = intent(1_000);
-    let reports = block_on(join_all(
-        keys.iter()
-            .map(|k| ledger.charge_once(k, &order, &provider, DEADLINE)),
-    ));
+    let reports = charge_fresh_keys(&ledger, "async", 64, &provider);
     for report in reports {
         let report = report.unwrap();
         assert!(report.called_provider);
@@ -72,6 +82,202 @@ fn concurrent_async_callers_share_group_commits() {
         health.journal.commits < health.journal.records,
         "calls from one async task met in group commits: {:?}",
         health.journal
+    );
+}
+
+/// A burst of calls from async tasks is run as one batch by one worker: each call takes its
+/// key's lock and queues its append, and one commit makes them all durable. With a single
+/// worker, a design that runs one call at a time per worker makes one commit per call.
+#[test]
+fn one_worker_commits_a_burst_of_calls_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = AsyncConfig {
+        workers: 1,
+        ..AsyncConfig::default()
+    };
+    let ledger = open(tmp.path(), &clock(), config);
+    let fake = FakeProvider::new();
+    let provider = AsyncFake(Arc::clone(&fake));
+    let reports = charge_fresh_keys(&ledger, "burst", 64, &provider);
+    for report in reports {
+        let report = report.unwrap();
+        assert!(matches!(report.decision, Decision::AlreadySucceeded { .. }));
+    }
+    assert_eq!(fake.charge_calls(), 64);
+    let journal = block_on(ledger.health()).unwrap().journal;
+    assert_eq!(journal.records, 64 * 3);
+    assert!(
+        journal.commits * 4 <= journal.records,
+        "one worker made {} commits for {} records: calls were not batched",
+        journal.commits,
+        journal.records
+    );
+}
+
+/// A worker holding staged appends must never wait for room in the index backlog: another
+/// worker's commit can make one of them durable, and the applier then waits for it before it
+/// makes room. With a backlog of one commit and two workers that wait would never end.
+#[test]
+fn batches_under_a_full_index_backlog_never_wait_for_each_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let config = LedgerConfig {
+        index_backlog_max: 1,
+        ..crate::support::config(&clock)
+    };
+    let (ledger, _) = Ledger::open(tmp.path(), config).unwrap();
+    let ledger = AsyncLedger::new(
+        ledger,
+        AsyncConfig {
+            workers: 2,
+            ..AsyncConfig::default()
+        },
+    )
+    .unwrap();
+    let (done, finished) = mpsc::channel();
+    let runner = ledger.clone();
+    std::thread::spawn(move || {
+        let provider = AsyncFake(FakeProvider::new());
+        for round in 0..20 {
+            let reports = charge_fresh_keys(&runner, &format!("backlog-{round}"), 32, &provider);
+            assert!(reports.iter().all(Result::is_ok), "{reports:?}");
+        }
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("async charges under a backlog of one commit never finished");
+    let listed = block_on(ledger.health()).unwrap().journal.records;
+    assert_eq!(listed, 20 * 32 * 3);
+}
+
+/// Outcomes that meet a key a webhook settled first are not staged in a batch but run as the
+/// blocking `record` after it: an agreeing reply is evidence, a contradicting one a conflict,
+/// exactly as through the blocking API.
+#[test]
+fn async_outcomes_after_a_webhook_are_evidence_as_in_the_blocking_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path(), &clock(), AsyncConfig::default());
+    let amount = Amount::new(1_500).unwrap();
+    let mut tickets = Vec::new();
+    for name in ["agrees", "contradicts"] {
+        let k = key(&format!("webhook-first-{name}"));
+        let Begin::Attempt(ticket) = block_on(ledger.begin(&k, &intent(1_500))).unwrap() else {
+            panic!("a new key");
+        };
+        let webhook = Finding::Charged {
+            transaction_id: TransactionId::new(format!("ch_{name}")).unwrap(),
+            amount,
+        };
+        let settled = block_on(ledger.record_evidence(
+            ticket.provider_reference(),
+            EvidenceSource::Webhook,
+            webhook,
+        ))
+        .unwrap();
+        assert!(
+            matches!(settled, EvidenceOutcome::Settled { .. }),
+            "{settled:?}"
+        );
+        tickets.push((k, ticket));
+    }
+    let mut tickets = tickets.into_iter();
+    let (agreeing_key, agreeing) = tickets.next().unwrap();
+    let (contradicting_key, contradicting) = tickets.next().unwrap();
+    let agrees = Outcome::Succeeded {
+        transaction_id: TransactionId::new("ch_agrees").unwrap(),
+        amount,
+    };
+    let declined = Outcome::Declined {
+        code: DeclineCode::new("card_declined").unwrap(),
+    };
+    // Both in one burst, so one worker takes them as one batch.
+    let (agreed, contradicted) = block_on(futures::future::join(
+        ledger.record(agreeing, agrees),
+        ledger.record(contradicting, declined),
+    ));
+    assert!(matches!(agreed.unwrap().phase, Phase::Succeeded { .. }));
+    let contradicted = contradicted.unwrap();
+    assert_eq!(
+        contradicted.decide(&intent(1_500).fingerprint()),
+        Decision::InConflict {
+            attempt: AttemptNumber::FIRST
+        },
+        "{contradicted:?}"
+    );
+    let reply_evidence = |k: &IdempotencyKey| {
+        let history = block_on(ledger.history(k)).unwrap();
+        assert!(
+            !history
+                .iter()
+                .any(|entry| matches!(entry.event.kind, EventKind::OutcomeReported { .. })),
+            "{history:?}"
+        );
+        history
+    };
+    let agreed = reply_evidence(&agreeing_key);
+    assert!(agreed.iter().any(|entry| matches!(
+        entry.event.kind,
+        EventKind::EvidenceReceived {
+            source: EvidenceSource::Reply,
+            ..
+        }
+    )));
+    let contradicted = reply_evidence(&contradicting_key);
+    assert!(contradicted.iter().any(|entry| matches!(
+        entry.event.kind,
+        EventKind::ConflictDetected {
+            source: EvidenceSource::Reply,
+            ..
+        }
+    )));
+}
+
+/// A failed sync under a batch answers every call of it (an error, never a hang), and no
+/// provider call is made for an attempt whose start was not durable.
+#[test]
+fn a_failed_sync_under_a_batch_answers_every_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let disk = payledger::journal::simdisk::SimDisk::new(7);
+    let config = LedgerConfig {
+        storage: Arc::new(disk.clone()),
+        index_dir: Some(tmp.path().to_path_buf()),
+        ..crate::support::config(&clock)
+    };
+    let (ledger, _) = Ledger::open("/ledger", config).unwrap();
+    let ledger = AsyncLedger::new(ledger, AsyncConfig::default()).unwrap();
+    let fake = FakeProvider::new();
+    let provider = AsyncFake(Arc::clone(&fake));
+    disk.fail_next_syncs(1);
+    let (done, finished) = mpsc::channel();
+    let runner = ledger.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(charge_fresh_keys(&runner, "failed-sync", 48, &provider));
+    });
+    let reports = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("every call of the failed batch is answered");
+    let mut failed = 0;
+    for report in &reports {
+        match report {
+            Ok(report) => assert!(report.called_provider, "{report:?}"),
+            Err(Error::AppendFailed { .. } | Error::Poisoned { .. }) => failed += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(failed > 0, "the failed sync failed some call");
+    // A provider call was made only for an attempt whose start is durable (and shown).
+    let started = (0..48)
+        .filter(|n| {
+            let k = key(&format!("failed-sync-{n}"));
+            block_on(ledger.state(&k)).unwrap().is_some()
+        })
+        .count();
+    assert!(
+        fake.charge_calls() <= started,
+        "{} provider calls, {started} attempts durable",
+        fake.charge_calls()
     );
 }
 
