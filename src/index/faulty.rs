@@ -23,6 +23,8 @@ struct State {
     failing: AtomicBool,
     /// Reads of a key's entry that fail before reads succeed again.
     failing_gets: AtomicU64,
+    /// A key whose next read panics.
+    panicking_get: Mutex<Option<IdempotencyKey>>,
 }
 
 /// A handle on the faults of a ledger's index (feature `testing`): set it in
@@ -49,6 +51,12 @@ impl IndexFaults {
     /// transient read error: the ledger goes on).
     pub fn fail_next_gets(&self, reads: u64) {
         self.0.failing_gets.store(reads, Ordering::SeqCst);
+    }
+
+    /// The next read of `key`'s entry panics (as a tracing subscriber or a metrics recorder
+    /// of the application might, in the middle of a call).
+    pub fn panic_on_next_get_of(&self, key: &IdempotencyKey) {
+        *lock(&self.0.panicking_get) = Some(key.clone());
     }
 
     /// Applies wait until [`IndexFaults::resume`].
@@ -107,6 +115,14 @@ impl KeyIndex for FaultyIndex {
     }
 
     fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
+        let panicking = {
+            let mut panicking = lock(&self.faults.0.panicking_get);
+            panicking
+                .as_ref()
+                .is_some_and(|k| k == key)
+                .then(|| panicking.take())
+        };
+        assert!(panicking.is_none(), "a read of {key} panics (IndexFaults)");
         let failing =
             self.faults
                 .0

@@ -11,7 +11,9 @@
 //!   only after the batch holding its last event is applied, so a reader holding the key's lock
 //!   always sees every durable event of the key (overlay first, then the index);
 //! - the backlog is bounded (`LedgerConfig::index_backlog_max`): writers wait for room before appending,
-//!   never after, so a waiting writer never holds a sequence the applier needs;
+//!   never after, so a waiting writer never holds a sequence the applier needs; a batch of
+//!   the async adapter waits before its first append only, and exceeds the bound by at most
+//!   its own size (`Room`);
 //! - the first failure to apply stops the ledger (fail-stop): nothing more is applied, every
 //!   later write is refused with the cause, reads still see the overlay; reopening catches the
 //!   index up from its watermark.
@@ -103,8 +105,9 @@ pub(crate) enum Room {
     /// unsubmitted sequence (every blocking call).
     Wait,
     /// Never waits: a writer that may already hold appended sequences it has not submitted
-    /// yet (a batch, `ledger/batch.rs`), which the applier needs before it can make room.
-    /// The bound is exceeded by at most one batch per such writer.
+    /// yet (a batch's writes after its first, `ledger/batch.rs`), which the applier needs
+    /// before it can make room. The bound is exceeded by at most one batch (64 commits) per
+    /// such writer.
     Overshoot,
 }
 

@@ -56,6 +56,8 @@ pub(crate) struct Writer {
 pub(crate) struct CommitQueue {
     waiting: Vec<Request>,
     leader_active: bool,
+    /// Appenders waiting for room in a full queue (on `queue_changed`).
+    waiting_for_room: usize,
     stopped: Option<FatalCause>,
     done: HashMap<u64, Result<Appended>>,
     next_id: u64,
@@ -143,9 +145,13 @@ impl Journal {
             // A full queue nobody is committing (its first appends may be this thread's,
             // submitted and not yet waited for) is committed here.
             queue = if queue.leader_active {
-                self.queue_changed
+                queue.waiting_for_room += 1;
+                let mut queue = self
+                    .queue_changed
                     .wait(queue)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                queue.waiting_for_room -= 1;
+                queue
             } else {
                 self.lead(queue)
             };
@@ -195,6 +201,17 @@ impl Journal {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.commit_batch(&batch)))
             .unwrap_or_else(|panic| Err(panicked(&*panic)));
         let mut queue = lock(&self.queue);
+        self.hand_off(&mut queue, &batch, outcome);
+        queue
+    }
+
+    /// The end of a commit: answers its batch and hands the lead on.
+    fn hand_off(
+        &self,
+        queue: &mut CommitQueue,
+        batch: &[Request],
+        outcome: Result<Vec<Appended>, FatalCause>,
+    ) {
         queue.leader_active = false;
         let failed = outcome.is_err();
         match outcome {
@@ -203,19 +220,23 @@ impl Journal {
                     queue.done.insert(request.id, Ok(appended));
                 }
             }
-            Err(cause) => self.stop(&mut queue, &batch, cause),
+            Err(cause) => self.stop(queue, batch, cause),
         }
         // Each answered appender is woken on its own; the first still waiting leads the next
         // commit. After a failure every waiter has its answer.
-        for request in &batch {
+        for request in batch {
             request.wake.notify_one();
         }
         if failed {
             self.queue_changed.notify_all();
         } else if let Some(next) = queue.waiting.first() {
             next.wake.notify_one();
+            // The first append may be of a thread that waits for room in the queue, not on
+            // its own condition variable: it must hear that nobody leads now.
+            if queue.waiting_for_room > 0 {
+                self.queue_changed.notify_all();
+            }
         }
-        queue
     }
 
     /// Poisons the journal with `cause` and answers the failed batch (whose records may or may
@@ -515,4 +536,59 @@ fn take_batch(waiting: &mut Vec<Request>) -> Vec<Request> {
         count += 1;
     }
     waiting.drain(..count).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::JournalConfig;
+    use crate::journal::simdisk::SimDisk;
+
+    /// A thread that queued appends and then found the queue full waits for room, not on its
+    /// own condition variable: when the commit in progress ends and hands the lead to that
+    /// thread's first append, the hand-off must still reach it (found in review: nobody led
+    /// again, and every appender waited forever).
+    #[test]
+    fn a_full_queue_whose_first_appends_are_a_waiting_submitters_is_committed() {
+        let (journal, _) = Journal::open_on(
+            Arc::new(SimDisk::new(1)),
+            "/journal",
+            JournalConfig::default(),
+        )
+        .unwrap();
+        let journal = Arc::new(journal);
+        // A commit in progress.
+        lock(&journal.queue).leader_active = true;
+        let (done, finished) = std::sync::mpsc::channel();
+        let submitter = Arc::clone(&journal);
+        std::thread::spawn(move || {
+            let wake = Arc::new(Condvar::new());
+            let mut ids = Vec::new();
+            // Fills the queue, then waits for room with one more.
+            for n in 0..=COMMIT_QUEUE_LEN_MAX {
+                let payload = vec![u8::try_from(n % 200).unwrap_or(0) + 1; 8];
+                ids.push(submitter.submit(vec![payload], &wake).unwrap());
+            }
+            for id in ids {
+                submitter.wait_appended(id, &wake).unwrap();
+            }
+            let _ = done.send(());
+        });
+        while lock(&journal.queue).waiting.len() < COMMIT_QUEUE_LEN_MAX {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // The commit in progress ends (it committed nothing of the queue).
+        {
+            let mut queue = lock(&journal.queue);
+            journal.hand_off(&mut queue, &[], Ok(Vec::new()));
+        }
+        finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the queued appends were never committed");
+        assert_eq!(
+            journal.last_sequence(),
+            Sequence(COMMIT_QUEUE_LEN_MAX as u64 + 1)
+        );
+    }
 }

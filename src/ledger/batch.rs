@@ -12,11 +12,16 @@
 //! - every staged append is finished (handed to the index) before the batch returns, in the
 //!   order of staging, and nothing between its commit and its finish can fail;
 //! - a thread holding staged appends never waits for room in the index backlog (the applier
-//!   may need those very appends first): it writes with [`Room::Overshoot`];
+//!   may need those very appends first): a batch's first write waits for room as a blocking
+//!   call does, its later ones write with [`Room::Overshoot`], so a batch exceeds the bound
+//!   by at most its own size;
+//! - a panic in one call (a tracing subscriber's, a metrics recorder's) loses that call's
+//!   answer only: every staged call is still finished;
 //! - only the common paths are staged: a new attempt, and an outcome for the attempt in
 //!   flight. Everything else (an outcome that meets a settled key, which becomes evidence) runs
 //!   as the blocking call after the batch, its ticket untouched until then.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar};
 use std::time::Instant;
 
@@ -94,10 +99,11 @@ enum Staging<'a> {
     Later(Call),
 }
 
-/// The gate's store for a batch: the ledger, writing without waiting for room in the index
-/// backlog (the rare append the gate makes at once, for a dropped ticket, is finished at once).
+/// The gate's store for a batch: the ledger, writing with the batch's `room` policy (the rare
+/// append the gate makes at once, for a dropped ticket, is finished at once).
 struct Batched<'a> {
     ledger: &'a Ledger,
+    room: Room,
     wake: &'a Arc<Condvar>,
 }
 
@@ -120,14 +126,18 @@ impl GateStore for Batched<'_> {
     ) -> Result<()> {
         let write = self
             .ledger
-            .stage_events(key, before, events, Room::Overshoot, self.wake)?;
+            .stage_events(key, before, events, self.room, self.wake)?;
         self.ledger.finish_events(write, self.wake).map(drop)
     }
 }
 
 impl Ledger {
     /// Runs `calls` as one batch and gives each answer to `answer` with the call's index, as
-    /// soon as it is known. Every call is answered exactly once.
+    /// soon as it is known: once per call, except a call that panicked (its reply is dropped).
+    ///
+    /// A panic while one call is staged, finished or run loses that call's answer only: the
+    /// calls staged before it are still finished (their appends may be durable, and the
+    /// applier needs every durable sequence), and the others still run.
     pub(crate) fn run_batch(&self, calls: Vec<Call>, mut answer: impl FnMut(usize, Answer)) {
         let wake = Arc::new(Condvar::new());
         let mut staged = Vec::with_capacity(calls.len());
@@ -137,17 +147,32 @@ impl Ledger {
                 later.push((i, call));
                 continue;
             };
-            match self.stage(call, guard, &wake) {
-                Staging::Staged(call) => staged.push((i, *call)),
-                Staging::Answered(reply) => answer(i, reply),
-                Staging::Later(call) => later.push((i, call)),
+            // Until the batch holds a queued append, its first write may wait for room in the
+            // index backlog as a blocking call does; after, it may not.
+            let room = if staged.is_empty() {
+                Room::Wait
+            } else {
+                Room::Overshoot
+            };
+            let staging = catch_unwind(AssertUnwindSafe(|| self.stage(call, guard, room, &wake)));
+            match staging {
+                Ok(Staging::Staged(call)) => staged.push((i, *call)),
+                Ok(Staging::Answered(reply)) => answer(i, reply),
+                Ok(Staging::Later(call)) => later.push((i, call)),
+                Err(_) => tracing::error!("a batched call panicked while it was staged"),
             }
         }
         for (i, call) in staged {
-            answer(i, self.finish_staged(call, &wake));
+            match catch_unwind(AssertUnwindSafe(|| self.finish_staged(call, &wake))) {
+                Ok(reply) => answer(i, reply),
+                Err(_) => tracing::error!("a batched call panicked while it was finished"),
+            }
         }
         for (i, call) in later {
-            answer(i, self.run_call(call));
+            match catch_unwind(AssertUnwindSafe(|| self.run_call(call))) {
+                Ok(reply) => answer(i, reply),
+                Err(_) => tracing::error!("a call deferred from a batch panicked"),
+            }
         }
     }
 
@@ -173,6 +198,7 @@ impl Ledger {
         &'a self,
         call: Call,
         guard: MutexGuard<'a, ()>,
+        room: Room,
         wake: &Arc<Condvar>,
     ) -> Staging<'a> {
         match call {
@@ -192,14 +218,18 @@ impl Ledger {
                     intent: &intent,
                     primary,
                 };
-                let store = Batched { ledger: self, wake };
+                let store = Batched {
+                    ledger: self,
+                    room,
+                    wake,
+                };
                 let admission = self.inner.gate.admit_locked(
                     &store,
                     &key,
                     &request,
                     self.now(),
                     self.monotonic_now(),
-                    |before, events| self.stage_events(&key, before, events, Room::Overshoot, wake),
+                    |before, events| self.stage_events(&key, before, events, room, wake),
                 );
                 match admission {
                     Err(e) => Staging::Answered(Answer::Begin(Err(e))),
@@ -244,7 +274,7 @@ impl Ledger {
                 let attempt = ticket.attempt;
                 self.inner.gate.release(&key, attempt);
                 let event = self.event(&key, EventKind::OutcomeReported { attempt, outcome });
-                match self.stage_events(&key, entry.as_ref(), vec![event], Room::Overshoot, wake) {
+                match self.stage_events(&key, entry.as_ref(), vec![event], room, wake) {
                     Ok(write) => Staging::Staged(Box::new(Staged {
                         _guard: guard,
                         write,

@@ -33,6 +33,20 @@ fn open(dir: &std::path::Path, clock: &Arc<ManualClock>, config: AsyncConfig) ->
     AsyncLedger::new(ledger, config).unwrap()
 }
 
+/// A ledger opened with `config` behind `workers` worker threads (and the default queue).
+fn open_with(
+    dir: impl AsRef<std::path::Path>,
+    config: LedgerConfig,
+    workers: usize,
+) -> AsyncLedger {
+    let (ledger, _) = Ledger::open(dir, config).unwrap();
+    let config = AsyncConfig {
+        workers,
+        ..AsyncConfig::default()
+    };
+    AsyncLedger::new(ledger, config).unwrap()
+}
+
 /// Occupies the only worker of `ledger` until the returned sender is dropped or sent to.
 fn hold_the_worker(ledger: &AsyncLedger) -> mpsc::Sender<()> {
     let (release, wait) = mpsc::channel::<()>();
@@ -125,15 +139,7 @@ fn batches_under_a_full_index_backlog_never_wait_for_each_other() {
         index_backlog_max: 1,
         ..crate::support::config(&clock)
     };
-    let (ledger, _) = Ledger::open(tmp.path(), config).unwrap();
-    let ledger = AsyncLedger::new(
-        ledger,
-        AsyncConfig {
-            workers: 2,
-            ..AsyncConfig::default()
-        },
-    )
-    .unwrap();
+    let ledger = open_with(tmp.path(), config, 2);
     let (done, finished) = mpsc::channel();
     let runner = ledger.clone();
     std::thread::spawn(move || {
@@ -147,8 +153,89 @@ fn batches_under_a_full_index_backlog_never_wait_for_each_other() {
     finished
         .recv_timeout(Duration::from_secs(60))
         .expect("async charges under a backlog of one commit never finished");
-    let listed = block_on(ledger.health()).unwrap().journal.records;
-    assert_eq!(listed, 20 * 32 * 3);
+    let records = block_on(ledger.health()).unwrap().journal.records;
+    assert_eq!(records, 20 * 32 * 3);
+}
+
+/// A batch waits for room in the index backlog before its first append, as a blocking call
+/// does (only its later appends may exceed the bound). Found in review: batches never waited,
+/// so async load grew the backlog and the overlay without bound.
+#[test]
+fn a_batch_waits_for_index_room_before_its_first_append() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let faults = IndexFaults::default();
+    let config = LedgerConfig {
+        index_faults: Some(faults.clone()),
+        index_backlog_max: 2,
+        ..crate::support::config(&clock)
+    };
+    let ledger = open_with(tmp.path(), config, AsyncConfig::default().workers);
+    faults.pause();
+    let provider = AsyncFake(FakeProvider::new());
+    // Two commits (begin and record): the backlog is full.
+    let filled = charge_fresh_keys(&ledger, "fills-the-backlog", 1, &provider);
+    assert!(filled.iter().all(Result::is_ok), "{filled:?}");
+    let appended = ledger.ledger().journal().last_sequence();
+    let begun = ledger.begin(&key("waits-for-room"), &intent(100));
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(block_on(begun));
+    });
+    let waited = finished.recv_timeout(Duration::from_millis(300)).is_err();
+    let appended_meanwhile = ledger.ledger().journal().last_sequence() != appended;
+    // The applier runs again before any assertion: a failing test must not hang at close.
+    faults.resume();
+    assert!(waited, "the begin waits for room");
+    assert!(!appended_meanwhile, "and appends nothing meanwhile");
+    let begun = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the begin goes on once the applier runs");
+    assert!(matches!(begun, Ok(Begin::Attempt(_))), "{begun:?}");
+}
+
+/// A panic in the middle of a batch (here inside a read of the index; in a service, its
+/// tracing subscriber or metrics recorder) loses that call's answer only: the calls staged
+/// before it are still finished, so their appends reach the index and the applier never
+/// waits for a sequence nobody hands it.
+#[test]
+fn a_panic_inside_a_batch_loses_only_its_own_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let faults = IndexFaults::default();
+    let config = LedgerConfig {
+        index_faults: Some(faults.clone()),
+        ..crate::support::config(&clock)
+    };
+    let ledger = open_with(tmp.path(), config, 1);
+    let keys: Vec<IdempotencyKey> = (0..8).map(|n| key(&format!("panicky-{n}"))).collect();
+    faults.panic_on_next_get_of(&keys[3]);
+    // The worker is busy while the eight calls queue, so it takes them as one batch.
+    let release = hold_the_worker(&ledger);
+    let replies: Vec<_> = keys.iter().map(|k| ledger.begin(k, &intent(100))).collect();
+    drop(release);
+    let answers = block_on(join_all(replies));
+    for (n, answer) in answers.iter().enumerate() {
+        if n == 3 {
+            assert!(matches!(answer, Err(Error::WorkerLost)), "{answer:?}");
+        } else {
+            assert!(
+                matches!(answer, Ok(Begin::Attempt(_))),
+                "key {n}: {answer:?}"
+            );
+        }
+    }
+    // Another write commits whatever the batch queued; every durable record reaches the index.
+    let blocking = ledger.ledger().clone();
+    let (done, indexed) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = blocking.begin(&key("after-the-panic"), &intent(100));
+        let _ = done.send(blocking.wait_indexed());
+    });
+    indexed
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the index never caught up with the journal")
+        .unwrap();
 }
 
 /// Outcomes that meet a key a webhook settled first are not staged in a batch but run as the
@@ -157,7 +244,11 @@ fn batches_under_a_full_index_backlog_never_wait_for_each_other() {
 #[test]
 fn async_outcomes_after_a_webhook_are_evidence_as_in_the_blocking_api() {
     let tmp = tempfile::tempdir().unwrap();
-    let ledger = open(tmp.path(), &clock(), AsyncConfig::default());
+    let config = AsyncConfig {
+        workers: 1,
+        ..AsyncConfig::default()
+    };
+    let ledger = open(tmp.path(), &clock(), config);
     let amount = Amount::new(1_500).unwrap();
     let mut tickets = Vec::new();
     for name in ["agrees", "contradicts"] {
@@ -191,11 +282,12 @@ fn async_outcomes_after_a_webhook_are_evidence_as_in_the_blocking_api() {
     let declined = Outcome::Declined {
         code: DeclineCode::new("card_declined").unwrap(),
     };
-    // Both in one burst, so one worker takes them as one batch.
-    let (agreed, contradicted) = block_on(futures::future::join(
-        ledger.record(agreeing, agrees),
-        ledger.record(contradicting, declined),
-    ));
+    // Both queued while the only worker is busy, so it takes them as one batch.
+    let release = hold_the_worker(&ledger);
+    let agreed = ledger.record(agreeing, agrees);
+    let contradicted = ledger.record(contradicting, declined);
+    drop(release);
+    let (agreed, contradicted) = block_on(futures::future::join(agreed, contradicted));
     assert!(matches!(agreed.unwrap().phase, Phase::Succeeded { .. }));
     let contradicted = contradicted.unwrap();
     assert_eq!(
@@ -233,8 +325,8 @@ fn async_outcomes_after_a_webhook_are_evidence_as_in_the_blocking_api() {
     )));
 }
 
-/// A failed sync under a batch answers every call of it (an error, never a hang), and no
-/// provider call is made for an attempt whose start was not durable.
+/// A failed sync under a batch answers every call of it with the journal's error, never a
+/// hang, and no provider call is made for an attempt whose start was not durable.
 #[test]
 fn a_failed_sync_under_a_batch_answers_every_call() {
     let tmp = tempfile::tempdir().unwrap();
@@ -245,8 +337,7 @@ fn a_failed_sync_under_a_batch_answers_every_call() {
         index_dir: Some(tmp.path().to_path_buf()),
         ..crate::support::config(&clock)
     };
-    let (ledger, _) = Ledger::open("/ledger", config).unwrap();
-    let ledger = AsyncLedger::new(ledger, AsyncConfig::default()).unwrap();
+    let ledger = open_with("/ledger", config, AsyncConfig::default().workers);
     let fake = FakeProvider::new();
     let provider = AsyncFake(Arc::clone(&fake));
     disk.fail_next_syncs(1);
@@ -258,27 +349,16 @@ fn a_failed_sync_under_a_batch_answers_every_call() {
     let reports = finished
         .recv_timeout(Duration::from_secs(60))
         .expect("every call of the failed batch is answered");
-    let mut failed = 0;
     for report in &reports {
-        match report {
-            Ok(report) => assert!(report.called_provider, "{report:?}"),
-            Err(Error::AppendFailed { .. } | Error::Poisoned { .. }) => failed += 1,
-            Err(other) => panic!("{other:?}"),
-        }
+        assert!(
+            matches!(
+                report,
+                Err(Error::AppendFailed { .. } | Error::Poisoned { .. })
+            ),
+            "{report:?}"
+        );
     }
-    assert!(failed > 0, "the failed sync failed some call");
-    // A provider call was made only for an attempt whose start is durable (and shown).
-    let started = (0..48)
-        .filter(|n| {
-            let k = key(&format!("failed-sync-{n}"));
-            block_on(ledger.state(&k)).unwrap().is_some()
-        })
-        .count();
-    assert!(
-        fake.charge_calls() <= started,
-        "{} provider calls, {started} attempts durable",
-        fake.charge_calls()
-    );
+    assert_eq!(fake.charge_calls(), 0, "no attempt start was durable");
 }
 
 #[test]
