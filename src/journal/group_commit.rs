@@ -71,6 +71,25 @@ struct Request {
     wake: Arc<Condvar>,
 }
 
+/// The wake-ups a commit's end owes, sent once the queue is unlocked.
+struct Wakes {
+    /// One `notify_one` each: answered appenders and the next leader.
+    threads: Vec<Arc<Condvar>>,
+    /// Whether the appenders waiting for room in the queue must hear it.
+    room: bool,
+}
+
+impl Wakes {
+    fn send(self, queue_changed: &Condvar) {
+        for thread in &self.threads {
+            thread.notify_one();
+        }
+        if self.room {
+            queue_changed.notify_all();
+        }
+    }
+}
+
 /// The next segment's file, prepared by a thread of its own while the current segment fills.
 #[derive(Debug)]
 pub(crate) struct Spare {
@@ -201,18 +220,28 @@ impl Journal {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.commit_batch(&batch)))
             .unwrap_or_else(|panic| Err(panicked(&*panic)));
         let mut queue = lock(&self.queue);
-        self.hand_off(&mut queue, &batch, outcome);
-        queue
+        let wakes = self.hand_off(&mut queue, &batch, outcome);
+        // Woken with the queue unlocked, the answered appenders find it free rather than
+        // waking only to sleep again on its mutex.
+        drop(queue);
+        wakes.send(&self.queue_changed);
+        lock(&self.queue)
     }
 
-    /// The end of a commit: answers its batch and hands the lead on.
+    /// The end of a commit: answers its batch and hands the lead on. The caller sends the
+    /// returned wake-ups once it has unlocked the queue.
+    #[must_use = "the answered appenders and the next leader wait for these wake-ups"]
     fn hand_off(
         &self,
         queue: &mut CommitQueue,
         batch: &[Request],
         outcome: Result<Vec<Appended>, FatalCause>,
-    ) {
+    ) -> Wakes {
         queue.leader_active = false;
+        let mut wakes = Wakes {
+            threads: Vec::with_capacity(batch.len() + 1),
+            room: false,
+        };
         let failed = outcome.is_err();
         match outcome {
             Ok(appended) => {
@@ -220,28 +249,33 @@ impl Journal {
                     queue.done.insert(request.id, Ok(appended));
                 }
             }
-            Err(cause) => self.stop(queue, batch, cause),
+            Err(cause) => wakes.threads.extend(self.stop(queue, batch, cause)),
         }
         // Each answered appender is woken on its own; the first still waiting leads the next
         // commit. After a failure every waiter has its answer.
-        for request in batch {
-            request.wake.notify_one();
-        }
+        wakes
+            .threads
+            .extend(batch.iter().map(|request| Arc::clone(&request.wake)));
         if failed {
-            self.queue_changed.notify_all();
+            wakes.room = true;
         } else if let Some(next) = queue.waiting.first() {
-            next.wake.notify_one();
+            wakes.threads.push(Arc::clone(&next.wake));
             // The first append may be of a thread that waits for room in the queue, not on
             // its own condition variable: it must hear that nobody leads now.
-            if queue.waiting_for_room > 0 {
-                self.queue_changed.notify_all();
-            }
+            wakes.room = queue.waiting_for_room > 0;
         }
+        wakes
     }
 
     /// Poisons the journal with `cause` and answers the failed batch (whose records may or may
-    /// not be on disk) and every waiter (none of whose records were written).
-    fn stop(&self, queue: &mut CommitQueue, batch: &[Request], cause: FatalCause) {
+    /// not be on disk) and every waiter (none of whose records were written); returns the
+    /// waiters to wake.
+    fn stop(
+        &self,
+        queue: &mut CommitQueue,
+        batch: &[Request],
+        cause: FatalCause,
+    ) -> Vec<Arc<Condvar>> {
         tracing::error!(error = %cause, source = %cause.io_error(), dir = %self.dir.display(), "journal write or sync failed; journal stopped");
         let cause = queue.stopped.get_or_insert(cause).clone();
         for request in batch {
@@ -250,13 +284,15 @@ impl Journal {
             };
             queue.done.insert(request.id, Err(failed));
         }
+        let mut waiters = Vec::new();
         for request in std::mem::take(&mut queue.waiting) {
             let poisoned = Error::Poisoned {
                 cause: cause.clone(),
             };
             queue.done.insert(request.id, Err(poisoned));
-            request.wake.notify_one();
+            waiters.push(request.wake);
         }
+        waiters
     }
 
     /// The first failure that stopped the journal, if one did.
@@ -579,10 +615,8 @@ mod tests {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
         // The commit in progress ends (it committed nothing of the queue).
-        {
-            let mut queue = lock(&journal.queue);
-            journal.hand_off(&mut queue, &[], Ok(Vec::new()));
-        }
+        let wakes = journal.hand_off(&mut lock(&journal.queue), &[], Ok(Vec::new()));
+        wakes.send(&journal.queue_changed);
         finished
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("the queued appends were never committed");
