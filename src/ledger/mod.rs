@@ -109,6 +109,10 @@ struct Inner {
     operations_cursor: Mutex<Option<IdempotencyKey>>,
     /// Live tickets of operations: (key, ordinal) → the attempt and when its ticket was issued.
     operations_live: Mutex<HashMap<(IdempotencyKey, u32), (AttemptNumber, MonotonicMillis)>>,
+    /// Operations whose outcome could not be written: (key, ordinal) → the attempt and since
+    /// when. `state` and `health` show such an attempt unknown while the index still has it in
+    /// flight, as the gate's `unwritten` does for a key's primary.
+    operations_unwritten: Mutex<HashMap<(IdempotencyKey, u32), (AttemptNumber, UnixMillis)>>,
 }
 
 impl Inner {
@@ -123,6 +127,7 @@ impl Inner {
             in_flight_cursor: Mutex::new(None),
             operations_cursor: Mutex::new(None),
             operations_live: Mutex::new(HashMap::new()),
+            operations_unwritten: Mutex::new(HashMap::new()),
         }
     }
 

@@ -236,7 +236,25 @@ impl Ledger {
         let (key, ordinal, attempt) = (ticket.key.clone(), ticket.ordinal, ticket.attempt);
         let _guard = self.lock_key(&key);
         self.inner.release_operation(&key, ordinal, attempt);
-        let entry = self.inner.index.get(&key)?;
+        let result = self.record_operation_locked(&key, ordinal, attempt, outcome);
+        if let Err(e) = &result {
+            tracing::error!(key = %key, ordinal, attempt = attempt.get(), error = %e, "operation outcome could not be recorded; operation treated as unknown");
+            lock(&self.inner.operations_unwritten)
+                .entry((key, ordinal))
+                .or_insert((attempt, self.now()));
+        }
+        result
+    }
+
+    /// [`Ledger::record_operation`] under the key's lock.
+    fn record_operation_locked(
+        &self,
+        key: &IdempotencyKey,
+        ordinal: u32,
+        attempt: AttemptNumber,
+        outcome: Outcome,
+    ) -> Result<PaymentState> {
+        let entry = self.inner.index.get(key)?;
         let state = entry
             .as_ref()
             .map_or_else(|| PaymentState::new(key.clone()), |e| e.state.clone());
@@ -245,8 +263,8 @@ impl Ledger {
         );
         if in_flight {
             let step = OperationStep::OutcomeReported { attempt, outcome };
-            let event = self.event(&key, EventKind::OperationStepped { ordinal, step });
-            return Ok(self.write_events(&key, entry.as_ref(), vec![event])?.state);
+            let event = self.event(key, EventKind::OperationStepped { ordinal, step });
+            return Ok(self.write_events(key, entry.as_ref(), vec![event])?.state);
         }
         let finding = match outcome {
             Outcome::Succeeded {
@@ -261,7 +279,7 @@ impl Ledger {
         };
         let at = (ordinal, attempt);
         self.record_operation_finding(
-            &key,
+            key,
             entry.as_ref(),
             &state,
             at,

@@ -10,9 +10,10 @@ use crate::index::IndexEntry;
 use crate::journal::Journal;
 use crate::journal::codec::decode_event;
 use crate::limits::LIST_LIMIT_MAX;
-use crate::model::{Event, UnknownReason};
+use crate::model::{AttemptNumber, Event, OperationKind, UnknownReason};
 use crate::model::{IdempotencyKey, UnixMillis};
 use crate::model::{PaymentState, Phase, PhaseKind};
+use crate::sync::lock;
 
 use super::Ledger;
 use super::replies::{Health, HistoryEntry, OperationHealth};
@@ -33,26 +34,39 @@ impl Ledger {
             .map(|e| self.as_the_gate_sees_it(e.state)))
     }
 
-    /// `state` with an outcome that could not be written shown as the gate treats it: unknown.
+    /// `state` with an outcome that could not be written shown as the gate treats it: unknown
+    /// (its primary's, and each operation's).
     fn as_the_gate_sees_it(&self, mut state: PaymentState) -> PaymentState {
+        self.show_unwritten_operations(&mut state);
         if let Phase::InFlight {
             attempt,
             started_at,
         } = state.phase
             && let Some(since) = self.inner.gate.unwritten_since(&state.key)
         {
-            state.phase = Phase::Unknown {
-                attempt,
-                started_at,
-                since,
-                reason: UnknownReason::LocalWriteFailed,
-                queries: 0,
-                not_found_streak: 0,
-                pending: false,
-                waited_ms: 0,
-            };
+            state.phase = unwritten_phase(attempt, started_at, since);
         }
         state
+    }
+
+    /// Shows unknown each operation of `state` still in flight with an attempt whose outcome
+    /// could not be written.
+    fn show_unwritten_operations(&self, state: &mut PaymentState) {
+        let unwritten = lock(&self.inner.operations_unwritten);
+        if unwritten.is_empty() {
+            return;
+        }
+        for op in &mut state.operations {
+            if let Phase::InFlight {
+                attempt,
+                started_at,
+            } = op.phase
+                && let Some((failed, since)) = unwritten.get(&(state.key.clone(), op.ordinal))
+                && *failed == attempt
+            {
+                op.phase = unwritten_phase(attempt, started_at, *since);
+            }
+        }
     }
 
     /// Every event of `key`, in journal order, read from the journal at the positions the index
@@ -157,32 +171,40 @@ impl Ledger {
                     if PhaseKind::of_operation(&op.phase) != Some(list) {
                         continue;
                     }
-                    let i = match by_kind.iter().position(|h| h.kind == op.kind) {
-                        Some(i) => i,
-                        None => {
-                            by_kind.push(OperationHealth {
-                                kind: op.kind,
-                                unknown: 0,
-                                in_review: 0,
-                                conflict: 0,
-                                unknown_age_ms_max: None,
-                            });
-                            by_kind.len() - 1
-                        }
-                    };
-                    let health = &mut by_kind[i];
+                    let health = health_of(&mut by_kind, op.kind);
                     match &op.phase {
-                        Phase::Unknown { since, .. } => {
-                            health.unknown += 1;
-                            let age = now.since(*since);
-                            health.unknown_age_ms_max =
-                                Some(health.unknown_age_ms_max.map_or(age, |a| a.max(age)));
-                        }
+                        Phase::Unknown { since, .. } => count_unknown(health, now.since(*since)),
                         Phase::InReview { .. } => health.in_review += 1,
                         _ => health.conflict += 1,
                     }
                 }
                 after = Some(last);
+            }
+        }
+        // Operations whose outcome could not be written count as unknown, as the gate treats
+        // them, while the index still has them in flight.
+        let unwritten: Vec<_> = lock(&self.inner.operations_unwritten)
+            .iter()
+            .map(|((key, ordinal), (attempt, since))| (key.clone(), *ordinal, *attempt, *since))
+            .collect();
+        for (key, ordinal, attempt, since) in unwritten {
+            let entry = self.inner.index.get(&key)?;
+            match entry.as_ref().and_then(|e| e.state.operation(ordinal)) {
+                Some(op) if matches!(op.phase, Phase::InFlight { attempt: a, .. } if a == attempt) =>
+                {
+                    count_unknown(health_of(&mut by_kind, op.kind), now.since(since));
+                }
+                // Settled since (by evidence or the reconciler, once the journal took writes
+                // again): forgotten, so the map holds only what is still shown unknown.
+                _ => {
+                    let mut unwritten = lock(&self.inner.operations_unwritten);
+                    if unwritten
+                        .get(&(key.clone(), ordinal))
+                        .is_some_and(|(a, _)| *a == attempt)
+                    {
+                        unwritten.remove(&(key, ordinal));
+                    }
+                }
             }
         }
         by_kind.sort_by_key(|h| h.kind);
@@ -288,4 +310,42 @@ impl GateStore for Ledger {
     ) -> Result<()> {
         self.write_events(key, before, events).map(drop)
     }
+}
+
+/// The phase an attempt whose outcome could not be written is shown in: unknown since `since`.
+fn unwritten_phase(attempt: AttemptNumber, started_at: UnixMillis, since: UnixMillis) -> Phase {
+    Phase::Unknown {
+        attempt,
+        started_at,
+        since,
+        reason: UnknownReason::LocalWriteFailed,
+        queries: 0,
+        not_found_streak: 0,
+        pending: false,
+        waited_ms: 0,
+    }
+}
+
+/// The health line of operations of `kind`, added if it is not there yet.
+fn health_of(by_kind: &mut Vec<OperationHealth>, kind: OperationKind) -> &mut OperationHealth {
+    let i = match by_kind.iter().position(|h| h.kind == kind) {
+        Some(i) => i,
+        None => {
+            by_kind.push(OperationHealth {
+                kind,
+                unknown: 0,
+                in_review: 0,
+                conflict: 0,
+                unknown_age_ms_max: None,
+            });
+            by_kind.len() - 1
+        }
+    };
+    &mut by_kind[i]
+}
+
+/// Counts one more unknown operation, unknown for `age_ms`.
+fn count_unknown(health: &mut OperationHealth, age_ms: u64) {
+    health.unknown += 1;
+    health.unknown_age_ms_max = Some(health.unknown_age_ms_max.map_or(age_ms, |a| a.max(age_ms)));
 }

@@ -875,6 +875,62 @@ fn an_operation_whose_ticket_is_dropped_or_whose_process_ended_becomes_unknown()
     let _ = Duration::ZERO;
 }
 
+/// As a charge's: an operation's outcome that could not be written is unknown to `state` and
+/// `health` at once, not shown in flight (found in review: `state` said `InFlight` and `health`
+/// counted nothing, while `begin_operation` already treated the refund as unknown).
+#[test]
+fn an_operation_outcome_that_cannot_be_written_is_shown_unknown_as_a_charges_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = SimDisk::new(9);
+    let clock = clock();
+    let config = LedgerConfig {
+        storage: std::sync::Arc::new(disk.clone()),
+        index_dir: Some(tmp.path().to_path_buf()),
+        ..config(&clock)
+    };
+    let (ledger, _) = Ledger::open("/ledger", config).unwrap();
+    let k = pay(&ledger, "refund-disk-full", 1_000);
+    let id = RequestId::new("r-disk-full").unwrap();
+    let Decision::Attempt(ticket) = ledger
+        .begin_operation(&k, OperationKind::Refund, &id, amt(400))
+        .unwrap()
+    else {
+        panic!("a refund attempt");
+    };
+    clock.advance(1_000);
+    disk.fail_next_writes(1);
+    let written = ledger.record_operation(ticket, refunded(400));
+    assert!(
+        matches!(written, Err(Error::AppendFailed { .. })),
+        "the caller gets the error: {written:?}"
+    );
+    // The journal is poisoned: a retry is refused, never sent.
+    let retry = ledger.begin_operation(&k, OperationKind::Refund, &id, amt(400));
+    assert!(matches!(retry, Err(Error::Poisoned { .. })), "{retry:?}");
+    let state = ledger.state(&k).unwrap().unwrap();
+    assert!(
+        matches!(
+            state.operations[0].phase,
+            Phase::Unknown {
+                reason: UnknownReason::LocalWriteFailed,
+                ..
+            }
+        ),
+        "{:?}",
+        state.operations[0].phase
+    );
+    clock.advance(5_000);
+    let health = ledger.health().unwrap();
+    let refunds = health
+        .operations
+        .iter()
+        .find(|h| h.kind == OperationKind::Refund);
+    assert!(
+        refunds.is_some_and(|h| h.unknown == 1 && h.unknown_age_ms_max == Some(5_000)),
+        "{health:?}"
+    );
+}
+
 /// Runs reconcile passes, `step_ms` apart, until the refund `ordinal` leaves `Unknown` or
 /// `passes` are done; returns its phase.
 fn reconcile_refund(
