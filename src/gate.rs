@@ -69,15 +69,7 @@ pub(crate) enum Admission<A> {
     Decided(Decision<StartedAttempt>),
     /// A new attempt's events went to the append (`append` is what it returned): once they are
     /// durable, [`KeyGate::started`] makes its ticket live.
-    Appending { append: A, attempt: IssuedAttempt },
-}
-
-/// A new attempt whose events are being appended, and when its ticket is handed out.
-#[derive(Debug)]
-pub(crate) struct IssuedAttempt {
-    pub attempt: StartedAttempt,
-    /// On the monotonic clock: the ticket's lease runs from here.
-    pub issued: MonotonicMillis,
+    Appending { append: A, attempt: StartedAttempt },
 }
 
 #[derive(Debug)]
@@ -165,16 +157,16 @@ impl KeyGate {
         key: &IdempotencyKey,
         request: &Request<'_>,
         now: UnixMillis,
-        monotonic: MonotonicMillis,
+        monotonic: impl FnOnce() -> MonotonicMillis,
     ) -> Result<Decision<StartedAttempt>> {
         let _guard = self.lock(key);
         let append = |before: Option<&S::Entry>, events| store.append(key, before, events);
-        match self.admit_locked(store, key, request, now, monotonic, append)? {
+        match self.admit_locked(store, key, request, now, append)? {
             Admission::Decided(decision) => Ok(decision),
             Admission::Appending {
                 append: (),
                 attempt,
-            } => Ok(self.started(key, attempt)),
+            } => Ok(self.started(key, attempt, monotonic())),
         }
     }
 
@@ -187,7 +179,6 @@ impl KeyGate {
         key: &IdempotencyKey,
         request: &Request<'_>,
         now: UnixMillis,
-        monotonic: MonotonicMillis,
         append: impl FnOnce(Option<&S::Entry>, Vec<Event>) -> Result<A>,
     ) -> Result<Admission<A>> {
         let intent = request.intent;
@@ -263,20 +254,22 @@ impl KeyGate {
         let append = append(entry.as_ref(), events)?;
         Ok(Admission::Appending {
             append,
-            attempt: IssuedAttempt {
-                attempt: StartedAttempt {
-                    attempt,
-                    provider_reference,
-                },
-                issued: monotonic,
+            attempt: StartedAttempt {
+                attempt,
+                provider_reference,
             },
         })
     }
 
-    /// The attempt's events are durable: its ticket is live from now. The caller holds `key`'s
-    /// lock.
-    pub fn started(&self, key: &IdempotencyKey, issued: IssuedAttempt) -> Decision<StartedAttempt> {
-        let IssuedAttempt { attempt, issued } = issued;
+    /// The attempt's events are durable: its ticket is live from `issued`, the monotonic
+    /// reading taken once they were (its lease runs from when it is handed out, however long
+    /// the write took). The caller holds `key`'s lock.
+    pub fn started(
+        &self,
+        key: &IdempotencyKey,
+        attempt: StartedAttempt,
+        issued: MonotonicMillis,
+    ) -> Decision<StartedAttempt> {
         let ticket = LiveTicket {
             attempt: attempt.attempt,
             issued,
@@ -368,13 +361,9 @@ mod shuttle_tests {
             .map(|_| {
                 let (gate, store, key) = (Arc::clone(&gate), Arc::clone(&store), key.clone());
                 shuttle::thread::spawn(move || {
-                    gate.admit(
-                        &*store,
-                        &key,
-                        &purchase(&intent()),
-                        UnixMillis(1),
-                        MonotonicMillis(1),
-                    )
+                    gate.admit(&*store, &key, &purchase(&intent()), UnixMillis(1), || {
+                        MonotonicMillis(1)
+                    })
                     .unwrap()
                 })
             })
@@ -416,13 +405,9 @@ mod shuttle_tests {
                 let store = Arc::new(MemStore::default());
                 let key = IdempotencyKey::new("k").unwrap();
                 let first = gate
-                    .admit(
-                        &*store,
-                        &key,
-                        &purchase(&intent()),
-                        UnixMillis(1),
-                        MonotonicMillis(1),
-                    )
+                    .admit(&*store, &key, &purchase(&intent()), UnixMillis(1), || {
+                        MonotonicMillis(1)
+                    })
                     .unwrap();
                 assert!(matches!(first, Decision::Attempt(_)));
                 let dropper = {
@@ -435,13 +420,9 @@ mod shuttle_tests {
                 let racer = {
                     let (gate, store, key) = (Arc::clone(&gate), Arc::clone(&store), key.clone());
                     shuttle::thread::spawn(move || {
-                        gate.admit(
-                            &*store,
-                            &key,
-                            &purchase(&intent()),
-                            UnixMillis(2),
-                            MonotonicMillis(2),
-                        )
+                        gate.admit(&*store, &key, &purchase(&intent()), UnixMillis(2), || {
+                            MonotonicMillis(2)
+                        })
                         .unwrap()
                     })
                 };

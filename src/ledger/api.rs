@@ -92,10 +92,10 @@ impl Ledger {
         let started = Instant::now();
         self.writable()?;
         let request = Request { intent, primary };
-        let decision =
-            self.inner
-                .gate
-                .admit(self, key, &request, self.now(), self.monotonic_now())?;
+        let decision = self
+            .inner
+            .gate
+            .admit(self, key, &request, self.now(), || self.monotonic_now())?;
         Ok(self.begun(key, primary, decision, started, &span))
     }
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar};
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::gate::{Admission, GateStore, IssuedAttempt, Request};
+use crate::gate::{Admission, GateStore, Request, StartedAttempt};
 use crate::index::{IndexEntry, Room};
 use crate::model::PrimaryKind;
 use crate::model::{Event, EventKind, IdempotencyKey, Intent, Outcome, PaymentState, Phase};
@@ -83,7 +83,7 @@ enum Then {
     Begin {
         key: IdempotencyKey,
         primary: PrimaryKind,
-        attempt: IssuedAttempt,
+        attempt: StartedAttempt,
     },
     /// Answers the recorded state.
     Record { key: IdempotencyKey },
@@ -228,7 +228,6 @@ impl Ledger {
                     &key,
                     &request,
                     self.now(),
-                    self.monotonic_now(),
                     |before, events| self.stage_events(&key, before, events, room, wake),
                 );
                 match admission {
@@ -307,7 +306,7 @@ impl Ledger {
                 primary,
                 attempt,
             } => Answer::Begin(written.map(|_| {
-                let decision = self.inner.gate.started(&key, attempt);
+                let decision = self.inner.gate.started(&key, attempt, self.monotonic_now());
                 self.begun(&key, primary, decision, started, &span)
             })),
             Then::Record { key } => {

@@ -25,11 +25,7 @@ fn succeed(ledger: &Ledger, name: &str) {
 fn the_gate_decides_on_durable_events_the_index_has_not_applied() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = clock();
-    let faults = IndexFaults::default();
-    let config = LedgerConfig {
-        index_faults: Some(faults.clone()),
-        ..config(&clock)
-    };
+    let (config, faults) = faulty_index_config(&clock);
     let (ledger, _) = Ledger::open(tmp.path(), config).unwrap();
     faults.pause();
     succeed(&ledger, "paid");
@@ -101,11 +97,7 @@ fn a_full_backlog_holds_writers_back_until_the_applier_catches_up() {
 fn an_apply_failure_stops_the_ledger_with_its_cause_and_a_reopen_catches_up() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = clock();
-    let faults = IndexFaults::default();
-    let faulty = LedgerConfig {
-        index_faults: Some(faults.clone()),
-        ..config(&clock)
-    };
+    let (faulty, faults) = faulty_index_config(&clock);
     let (ledger, _) = Ledger::open(tmp.path(), faulty).unwrap();
     succeed(&ledger, "before");
     ledger.wait_indexed().unwrap();

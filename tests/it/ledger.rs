@@ -490,6 +490,54 @@ fn read_only_ledgers_refuse_appends() {
     ));
 }
 
+/// A ticket's lease runs from when `begin` hands it out, after the durable write: a slow sync
+/// never eats into the provider call's time (found in review: the lease ran from before the
+/// append, so a sync slower than the lease let the reconciler take a ticket over the moment
+/// it was handed out).
+#[test]
+fn a_tickets_lease_runs_from_when_it_is_handed_out_not_from_before_a_slow_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let lease_ms = LedgerConfig::default().ticket_lease_ms;
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (moving, armed) = (Arc::clone(&clock), Arc::clone(&slow));
+    let storage = OnSync {
+        disk: SimDisk::new(5),
+        on_sync: Arc::new(move || {
+            if armed.load(std::sync::atomic::Ordering::SeqCst) {
+                moving.advance(lease_ms + 1_000);
+            }
+        }),
+    };
+    let config = LedgerConfig {
+        storage: Arc::new(storage),
+        index_dir: Some(tmp.path().to_path_buf()),
+        ..config(&clock)
+    };
+    let (ledger, _) = Ledger::open("/ledger", config).unwrap();
+    let k = key("slow-sync");
+    slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    let Begin::Attempt(ticket) = ledger.begin(&k, &intent(500)).unwrap() else {
+        panic!("a new key starts an attempt");
+    };
+    slow.store(false, std::sync::atomic::Ordering::SeqCst);
+    // The provider call starts now, with its whole lease ahead of it.
+    let provider: Arc<FakeProvider> = FakeProvider::new();
+    let reconciler = Reconciler::new(ledger.clone(), Arc::clone(&provider));
+    reconciler.run_once().unwrap();
+    assert!(
+        matches!(phase(&ledger, &k), Phase::InFlight { .. }),
+        "{:?}",
+        phase(&ledger, &k)
+    );
+    let paid = Outcome::Succeeded {
+        transaction_id: TransactionId::new("ch_slow").unwrap(),
+        amount: Amount::new(500).unwrap(),
+    };
+    ledger.record(ticket, paid).unwrap();
+    assert!(matches!(phase(&ledger, &k), Phase::Succeeded { .. }));
+}
+
 #[test]
 fn an_outcome_that_cannot_be_written_leaves_the_key_unknown_not_retryable() {
     let tmp = tempfile::tempdir().unwrap();

@@ -111,6 +111,16 @@ pub fn config(clock: &Arc<ManualClock>) -> LedgerConfig {
     }
 }
 
+/// [`config`] with an index whose applies and reads the test can make fail or wait.
+pub fn faulty_index_config(clock: &Arc<ManualClock>) -> (LedgerConfig, IndexFaults) {
+    let faults = IndexFaults::default();
+    let config = LedgerConfig {
+        index_faults: Some(faults.clone()),
+        ..config(clock)
+    };
+    (config, faults)
+}
+
 pub fn clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(UnixMillis(T0)))
 }
@@ -164,5 +174,69 @@ where
     }
     fn preallocate(&self, len: u64) -> std::io::Result<()> {
         self.inner.preallocate(len)
+    }
+}
+
+/// A [`SimDisk`] whose file syncs first run `on_sync`: e.g. to let a test clock move while a
+/// sync is in progress.
+#[derive(Clone)]
+pub struct OnSync {
+    pub disk: SimDisk,
+    pub on_sync: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for OnSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnSync").finish_non_exhaustive()
+    }
+}
+
+impl payledger::journal::storage::Storage for OnSync {
+    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.disk.create_dir_all(dir)
+    }
+    fn exists(&self, path: &std::path::Path) -> bool {
+        self.disk.exists(path)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.disk.list(dir)
+    }
+    fn open(
+        &self,
+        path: &std::path::Path,
+        create: bool,
+    ) -> std::io::Result<Box<dyn payledger::journal::storage::StorageFile>> {
+        let on_sync = Arc::clone(&self.on_sync);
+        Ok(Box::new(SyncWith {
+            inner: self.disk.open(path, create)?,
+            sync: move |file: &dyn payledger::journal::storage::StorageFile| {
+                on_sync();
+                file.sync_data()
+            },
+        }))
+    }
+    fn open_read(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<Box<dyn payledger::journal::storage::StorageFile>> {
+        self.disk.open_read(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.disk.rename(from, to)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.disk.remove(path)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.disk.sync_dir(dir)
+    }
+    fn try_lock(
+        &self,
+        dir: &std::path::Path,
+    ) -> std::io::Result<Option<Box<dyn payledger::journal::storage::DirLock>>> {
+        self.disk.try_lock(dir)
+    }
+    fn background_writes(&self) -> bool {
+        self.disk.background_writes()
     }
 }
