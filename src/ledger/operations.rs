@@ -237,11 +237,20 @@ impl Ledger {
         let _guard = self.lock_key(&key);
         self.inner.release_operation(&key, ordinal, attempt);
         let result = self.record_operation_locked(&key, ordinal, attempt, outcome);
-        if let Err(e) = &result {
-            tracing::error!(key = %key, ordinal, attempt = attempt.get(), error = %e, "operation outcome could not be recorded; operation treated as unknown");
-            lock(&self.inner.operations_unwritten)
-                .entry((key, ordinal))
-                .or_insert((attempt, self.now()));
+        match &result {
+            // Refused by the fold: nothing was to be written.
+            Ok(_) | Err(Error::Rejected(_)) => {}
+            Err(e) => {
+                tracing::error!(key = %key, ordinal, attempt = attempt.get(), error = %e, "operation outcome could not be recorded; operation treated as unknown");
+                // The latest attempt's failure is the one shown: a late ticket of an earlier
+                // attempt never hides it.
+                let now = self.now();
+                let mut unwritten = lock(&self.inner.operations_unwritten);
+                let marked = unwritten.entry((key, ordinal)).or_insert((attempt, now));
+                if marked.0 < attempt {
+                    *marked = (attempt, now);
+                }
+            }
         }
         result
     }

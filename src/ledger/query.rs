@@ -1,8 +1,11 @@
 //! Reading the ledger: a key's state and history, keys by phase, and the health figures to alert
 //! on.
 //!
-//! Invariant: what these report agrees with what the gate answers: a key whose outcome could
-//! not be written shows as unknown (as the gate treats it), never as in flight.
+//! Invariant: what `state` and `health` report agrees with what the gate answers: an attempt
+//! whose outcome could not be written (of a key's primary or of an operation) shows as unknown,
+//! as the gate treats it, never as in flight. `list` and the phase counts read the applied
+//! index as it is: such a key is listed in flight there until the reconciler or evidence
+//! writes its next event.
 
 use crate::error::Result;
 use crate::gate::GateStore;

@@ -1166,6 +1166,38 @@ fn every_charge_a_conflict_shows_is_counted_as_captured() {
 /// reconciler took it over, the refund proved never made and was retried) must not release the
 /// ticket of the retry when its late answer finally arrives: a retry of the request then sees
 /// the second attempt in flight, not "dropped", and its own outcome is recorded as such.
+/// A refund of 1,000 on `k` whose attempt 1 hangs past its lease, is taken over and proved
+/// never made ("not found" answers), then retried: the tickets of attempts 1 and 2.
+fn refund_retried_after_a_hung_call(
+    ledger: &Ledger,
+    clock: &std::sync::Arc<ManualClock>,
+    k: &IdempotencyKey,
+    id: &RequestId,
+) -> (OperationTicket, OperationTicket) {
+    let Decision::Attempt(first) = ledger
+        .begin_operation(k, OperationKind::Refund, id, amt(1_000))
+        .unwrap()
+    else {
+        panic!("a refund attempt");
+    };
+    clock.advance(first.lease_ms() + 1_000);
+    let provider = FakeProvider::new();
+    Reconciler::new(ledger.clone(), std::sync::Arc::clone(&provider))
+        .run_once()
+        .unwrap();
+    clock.advance(70_000);
+    let phase = reconcile_refund(ledger, clock, k, 1, 10, 5_000);
+    assert!(matches!(phase, Phase::Ready { .. }), "{phase:?}");
+    let Decision::Attempt(second) = ledger
+        .begin_operation(k, OperationKind::Refund, id, amt(1_000))
+        .unwrap()
+    else {
+        panic!("a retry of a refund proved never made");
+    };
+    assert_eq!(second.attempt(), a(2));
+    (first, second)
+}
+
 #[test]
 fn a_late_refund_ticket_never_releases_the_ticket_of_its_retry() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1173,29 +1205,7 @@ fn a_late_refund_ticket_never_releases_the_ticket_of_its_retry() {
     let (ledger, _) = Ledger::open(tmp.path(), config(&clock)).unwrap();
     let k = pay(&ledger, "refund-late", 1_000);
     let id = RequestId::new("refund-late-1").unwrap();
-    let Decision::Attempt(first) = ledger
-        .begin_operation(&k, OperationKind::Refund, &id, amt(1_000))
-        .unwrap()
-    else {
-        panic!("a refund attempt");
-    };
-    // The call hangs past its lease; the reconciler takes attempt 1 over, and "not found"
-    // answers prove it never reached the provider.
-    clock.advance(first.lease_ms() + 1_000);
-    let provider = FakeProvider::new();
-    Reconciler::new(ledger.clone(), std::sync::Arc::clone(&provider))
-        .run_once()
-        .unwrap();
-    clock.advance(70_000);
-    let phase = reconcile_refund(&ledger, &clock, &k, 1, 10, 5_000);
-    assert!(matches!(phase, Phase::Ready { .. }), "{phase:?}");
-    let Decision::Attempt(second) = ledger
-        .begin_operation(&k, OperationKind::Refund, &id, amt(1_000))
-        .unwrap()
-    else {
-        panic!("a retry of a refund proved never made");
-    };
-    assert_eq!(second.attempt(), a(2));
+    let (first, second) = refund_retried_after_a_hung_call(&ledger, &clock, &k, &id);
     // The hung call of attempt 1 returns at last.
     ledger
         .record_operation(
@@ -1224,6 +1234,45 @@ fn a_late_refund_ticket_never_releases_the_ticket_of_its_retry() {
         .unwrap();
     assert!(
         matches!(state.operation(1).unwrap().phase, Phase::Succeeded { .. }),
+        "{state:?}"
+    );
+}
+
+/// Found in review: when a late ticket of attempt 1 and then attempt 2 both fail to record
+/// (index reads that fail, the journal still writable), attempt 2 is the one shown unknown;
+/// the marker of attempt 1 was kept and attempt 2 shown in flight.
+#[test]
+fn the_latest_attempt_whose_outcome_could_not_be_written_is_the_one_shown_unknown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (config, faults) = faulty_index_config(&clock);
+    let (ledger, _) = Ledger::open(tmp.path(), config).unwrap();
+    let k = pay(&ledger, "refund-unwritten-twice", 1_000);
+    let id = RequestId::new("refund-unwritten-1").unwrap();
+    let (first, second) = refund_retried_after_a_hung_call(&ledger, &clock, &k, &id);
+    // Each `record_operation` reads the key from the index (the overlay is applied): it fails.
+    ledger.wait_indexed().unwrap();
+    faults.fail_next_gets(1);
+    let late = ledger.record_operation(
+        first,
+        Outcome::NotSent {
+            reason: NotSentReason::ConnectionRefused,
+        },
+    );
+    assert!(late.is_err(), "{late:?}");
+    faults.fail_next_gets(1);
+    let lost = ledger.record_operation(second, refunded(1_000));
+    assert!(lost.is_err(), "{lost:?}");
+    let state = ledger.state(&k).unwrap().unwrap();
+    assert!(
+        matches!(
+            state.operation(1).unwrap().phase,
+            Phase::Unknown {
+                attempt,
+                reason: UnknownReason::LocalWriteFailed,
+                ..
+            } if attempt == a(2)
+        ),
         "{state:?}"
     );
 }

@@ -408,11 +408,7 @@ fn every_flipped_byte_of_the_last_acknowledged_commit_stops_the_open() {
 fn evidence_that_settles_a_key_whose_outcome_could_not_be_written_ends_its_wait() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = clock();
-    let faults = IndexFaults::default();
-    let config = LedgerConfig {
-        index_faults: Some(faults.clone()),
-        ..config(&clock)
-    };
+    let (config, faults) = faulty_index_config(&clock);
     let (ledger, _) = Ledger::open(tmp.path(), config).unwrap();
     let k = key("unwritten-then-webhook");
     let Begin::Attempt(ticket) = ledger.begin(&k, &intent(700)).unwrap() else {
