@@ -522,7 +522,9 @@ impl FatalCause {
         &self.context
     }
 
-    /// The underlying I/O error.
+    /// The underlying I/O error. A failure that was not an I/O error (of the index, or of a
+    /// segment's creation) is one of kind `Other` whose inner error (`get_ref`) is that
+    /// [`Error`], whole.
     pub fn io_error(&self) -> &std::io::Error {
         &self.source
     }

@@ -402,11 +402,43 @@ fn next_batch(shared: &Shared) -> Option<(Vec<KeyUpdate>, IndexWatermark)> {
     }
 }
 
-/// The I/O error inside an index failure, or the failure itself as one.
+/// The I/O error inside an index failure, or the failure itself as one: kept whole as its inner
+/// error (`get_ref`), so that the typed cause stays reachable, not only its text.
 fn index_io_error(error: Error) -> std::io::Error {
     match error {
         Error::Io { source, .. } => source,
-        other => std::io::Error::other(other.to_string()),
+        other => std::io::Error::other(other),
+    }
+}
+
+#[cfg(all(test, not(shuttle)))]
+mod tests {
+    use super::*;
+    use crate::error::IndexError;
+
+    /// Found in review: an index failure other than an I/O error reached the fatal cause as
+    /// its text only.
+    #[test]
+    fn an_index_failure_keeps_its_typed_cause() {
+        let failure = Error::Index {
+            index: "/ledger/index".into(),
+            kind: IndexError::Fjall {
+                detail: "a table is damaged".into(),
+            },
+        };
+        let io = index_io_error(failure);
+        assert!(io.to_string().contains("a table is damaged"), "{io}");
+        let inner = io.get_ref().and_then(|e| e.downcast_ref::<Error>());
+        assert!(
+            matches!(
+                inner,
+                Some(Error::Index {
+                    kind: IndexError::Fjall { .. },
+                    ..
+                })
+            ),
+            "{inner:?}"
+        );
     }
 }
 

@@ -71,6 +71,19 @@ struct Request {
     wake: Arc<Condvar>,
 }
 
+/// Why creating segment `number` failed, as the journal's fatal cause: an I/O error as it
+/// is, any other failure kept whole as the inner error of one (`get_ref`), so that its typed
+/// cause stays reachable, not only its text.
+fn segment_failure(number: u64, error: Error) -> FatalCause {
+    match error {
+        Error::Io { context, source } => FatalCause::new(context, source),
+        other => FatalCause::new(
+            format!("creating segment {number}"),
+            std::io::Error::other(other),
+        ),
+    }
+}
+
 /// The wake-ups a commit's end owes, sent once the queue is unlocked.
 struct Wakes {
     /// One `notify_one` each: answered appenders and the next leader.
@@ -481,13 +494,7 @@ impl Journal {
             Some(file) => install_segment(&*self.storage, &self.dir, file, header),
             None => create_segment(&*self.storage, &self.dir, &self.config, header),
         };
-        let file = created.map_err(|e| match e {
-            Error::Io { context, source } => FatalCause::new(context, source),
-            other => FatalCause::new(
-                format!("creating segment {number}"),
-                std::io::Error::other(other.to_string()),
-            ),
-        })?;
+        let file = created.map_err(|e| segment_failure(number, e))?;
         write(&self.segments).push(SegmentInfo {
             number,
             first_sequence: writer.next_sequence,
@@ -579,6 +586,23 @@ mod tests {
     use super::*;
     use crate::journal::JournalConfig;
     use crate::journal::simdisk::SimDisk;
+
+    /// Found in review: a roll-over failure other than an I/O error reached the fatal cause as
+    /// its text only.
+    #[test]
+    fn a_roll_over_failure_keeps_its_typed_cause() {
+        let failure = Error::TooLarge(TooLarge::Records { count: 9, max: 8 });
+        let cause = segment_failure(7, failure);
+        assert_eq!(cause.context(), "creating segment 7");
+        let inner = cause
+            .io_error()
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<Error>());
+        assert!(
+            matches!(inner, Some(Error::TooLarge(TooLarge::Records { .. }))),
+            "{inner:?}"
+        );
+    }
 
     /// A thread that queued appends and then found the queue full waits for room, not on its
     /// own condition variable: when the commit in progress ends and hands the lead to that
