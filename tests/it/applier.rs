@@ -62,11 +62,10 @@ fn the_gate_decides_on_durable_events_the_index_has_not_applied() {
 fn a_full_backlog_holds_writers_back_until_the_applier_catches_up() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = clock();
-    let faults = IndexFaults::default();
+    let (config, faults) = faulty_index_config(&clock);
     let config = LedgerConfig {
-        index_faults: Some(faults.clone()),
         index_backlog_max: 2,
-        ..config(&clock)
+        ..config
     };
     let (ledger, _) = Ledger::open(tmp.path(), config).unwrap();
     faults.pause();

@@ -164,11 +164,10 @@ fn batches_under_a_full_index_backlog_never_wait_for_each_other() {
 fn a_batch_waits_for_index_room_before_its_first_append() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = clock();
-    let faults = IndexFaults::default();
+    let (config, faults) = faulty_index_config(&clock);
     let config = LedgerConfig {
-        index_faults: Some(faults.clone()),
         index_backlog_max: 2,
-        ..crate::support::config(&clock)
+        ..config
     };
     let ledger = open_with(tmp.path(), config, AsyncConfig::default().workers);
     faults.pause();
@@ -202,11 +201,7 @@ fn a_batch_waits_for_index_room_before_its_first_append() {
 fn a_panic_inside_a_batch_loses_only_its_own_call() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = clock();
-    let faults = IndexFaults::default();
-    let config = LedgerConfig {
-        index_faults: Some(faults.clone()),
-        ..crate::support::config(&clock)
-    };
+    let (config, faults) = faulty_index_config(&clock);
     let ledger = open_with(tmp.path(), config, 1);
     let keys: Vec<IdempotencyKey> = (0..8).map(|n| key(&format!("panicky-{n}"))).collect();
     faults.panic_on_next_get_of(&keys[3]);
