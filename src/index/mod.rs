@@ -189,3 +189,27 @@ pub(crate) trait KeyIndex: Send + Sync + fmt::Debug {
     /// Writes buffers to disk, where there is a disk.
     fn flush(&self) -> Result<()>;
 }
+
+#[cfg(all(test, not(shuttle)))]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An update of `key` whose last event is `last`, issuing `reference` if one is given.
+    pub(crate) fn update(key: &str, last: u64, reference: Option<&str>) -> KeyUpdate {
+        let key = IdempotencyKey::new(key).unwrap();
+        KeyUpdate {
+            after: IndexEntry {
+                state: PaymentState::new(key.clone()),
+                last_sequence: Sequence(last),
+                next_query_at: None,
+                events: Vec::new(),
+            },
+            key,
+            before: None,
+            new_references: reference
+                .map(|r| ProviderReference::new(r).unwrap())
+                .into_iter()
+                .collect(),
+        }
+    }
+}

@@ -67,34 +67,17 @@ impl Overlay {
     }
 
     /// Keys with unapplied events.
-    #[cfg(test)]
+    #[cfg(all(test, not(shuttle)))]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 mod tests {
     use super::*;
-    use crate::model::{PaymentState, Sequence};
-
-    fn update(key: &str, last: u64, reference: Option<&str>) -> KeyUpdate {
-        let key = IdempotencyKey::new(key).unwrap();
-        KeyUpdate {
-            after: IndexEntry {
-                state: PaymentState::new(key.clone()),
-                last_sequence: Sequence(last),
-                next_query_at: None,
-                events: Vec::new(),
-            },
-            key,
-            before: None,
-            new_references: reference
-                .map(|r| ProviderReference::new(r).unwrap())
-                .into_iter()
-                .collect(),
-        }
-    }
+    use crate::index::tests::update;
+    use crate::model::Sequence;
 
     #[test]
     fn an_entry_is_retired_only_once_its_last_event_is_applied() {
