@@ -869,11 +869,30 @@ struct Sample {
     max_us: u64,
     starved: u64,
     busy: u64,
+    /// This process's CPU time (user and system, every thread) over the window, per charge
+    /// completed in it, in microseconds; `None` where `/proc/self/stat` cannot be read.
+    cpu_us: Option<f64>,
+}
+
+/// Linux reports a process's CPU times in `USER_HZ` ticks, 100 a second on every architecture
+/// it runs on (the ABI's fixed unit, not the kernel's `CONFIG_HZ`).
+const USER_HZ: f64 = 100.0;
+
+/// This process's CPU time so far (user and system, every thread), in seconds, from
+/// `/proc/self/stat`; `None` elsewhere than Linux.
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) in parentheses; utime and
+    // stime are the 14th and 15th fields of the line, the 12th and 13th of these.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / USER_HZ)
 }
 
 /// Runs `callers` closed-loop callers against the contender for one window.
 fn measure(contender: &Contender, callers: usize, window: Duration) -> Sample {
     let barrier = Barrier::new(callers + 1);
+    let cpu_before = process_cpu_s();
     let logs: Vec<CallerLog> = thread::scope(|scope| {
         let handles: Vec<_> = (0..callers)
             .map(|caller| {
@@ -887,12 +906,20 @@ fn measure(contender: &Contender, callers: usize, window: Duration) -> Sample {
             .map(|handle| handle.join().expect("a caller panicked"))
             .collect()
     });
+    let cpu_s = process_cpu_s()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let completed: u64 = logs
         .iter()
         .map(|log| log.latencies_us.len() as u64 + log.late)
         .sum();
     contender.completed.fetch_add(completed, Ordering::Relaxed);
-    Sample::from_logs(&logs, window)
+    let mut sample = Sample::from_logs(&logs, window);
+    // The window's CPU paid for the charges that finished late as well.
+    sample.cpu_us = cpu_s
+        .filter(|_| completed > 0)
+        .map(|cpu_s| cpu_s * 1e6 / completed as f64);
+    sample
 }
 
 /// One caller: its session is made before the start line, then it charges until its window
@@ -946,6 +973,7 @@ impl Sample {
                 .filter(|log| log.latencies_us.is_empty())
                 .count() as u64,
             busy: logs.iter().map(|log| log.busy).sum(),
+            cpu_us: None,
         }
     }
 
@@ -963,6 +991,11 @@ impl Sample {
             max_us: field(|s| s.max_us),
             starved: field(|s| s.starved),
             busy: field(|s| s.busy),
+            cpu_us: rounds
+                .iter()
+                .map(|s| s.cpu_us)
+                .collect::<Option<Vec<f64>>>()
+                .map(median),
         }
     }
 }
@@ -1027,6 +1060,11 @@ fn print_header(options: &Options, postgres_version: Option<&str>) {
          latency column); busy: charges that gave up on SQLite's busy timeout"
     );
     println!(
+        "- CPU µs/charge: this process's CPU time (user and system, all its threads) over a \
+         window, per charge; PostgreSQL's server runs in other processes, so its figure is the \
+         client's alone"
+    );
+    println!(
         "- ratios: payledger's figure over the peer's (above 1 is better for charges/s, below 1 \
          for latency)"
     );
@@ -1035,11 +1073,14 @@ fn print_header(options: &Options, postgres_version: Option<&str>) {
 
 fn print_table(callers: usize, names: &[&str], summaries: &[Sample]) {
     println!("### {callers} caller(s)\n");
-    println!("| contender | charges/s | p50 µs | p99 µs | p99.9 µs | max µs | starved | busy |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| contender | charges/s | p50 µs | p99 µs | p99.9 µs | max µs | starved | busy | CPU µs/charge |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, s) in names.iter().zip(summaries) {
+        let cpu = s.cpu_us.map_or("n/a".to_string(), |us| format!("{us:.1}"));
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {cpu} |",
             grouped(s.charges_per_s.round() as u64),
             grouped(s.p50_us),
             grouped(s.p99_us),
@@ -1078,6 +1119,10 @@ fn print_ratios(callers: usize, names: &[&str], summaries: &[Sample]) {
             ratio(ours.p50_us as f64, theirs.p50_us as f64),
             ratio(ours.p99_us as f64, theirs.p99_us as f64),
         );
+        if let (Some(ours), Some(theirs), false) = (ours.cpu_us, theirs.cpu_us, peer == "postgres")
+        {
+            println!("  - CPU per charge: payledger {ours:.1} µs, {peer} {theirs:.1} µs");
+        }
     }
 }
 
