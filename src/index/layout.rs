@@ -241,7 +241,7 @@ fn write_update(writes: &mut impl Writes, update: &KeyUpdate) -> Result<()> {
         writes.insert(index_key, value);
     }
     let index_key = state_key(key);
-    let value = sealed(&index_key, &encode_value(after)?);
+    let value = sealed(&index_key, &encode_value(&**after)?);
     writes.insert(index_key, value);
     Ok(())
 }

@@ -325,12 +325,13 @@ impl LiveIndex {
         lock(&self.shared.queue).backlog()
     }
 
-    /// The latest entry of `key`: the overlay's, else the index's.
-    pub fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
+    /// The latest entry of `key`: the overlay's, else the index's. An entry in the overlay is
+    /// shared, not copied.
+    pub fn get(&self, key: &IdempotencyKey) -> Result<Option<Arc<IndexEntry>>> {
         if let Some(entry) = lock(&self.shared.overlay).get(key) {
             return Ok(Some(entry));
         }
-        self.shared.base.get(key)
+        Ok(self.shared.base.get(key)?.map(Arc::new))
     }
 
     /// The key `reference` was issued for.
@@ -346,7 +347,10 @@ impl LiveIndex {
 
     /// Every durable event of `key`, in journal order.
     pub fn history(&self, key: &IdempotencyKey) -> Result<Vec<StoredEvent>> {
-        Ok(self.get(key)?.map(|entry| entry.events).unwrap_or_default())
+        Ok(self
+            .get(key)?
+            .map(|entry| Arc::unwrap_or_clone(entry).events)
+            .unwrap_or_default())
     }
 
     /// Keys in `phase` as applied (lags the journal by the backlog).
@@ -596,12 +600,12 @@ mod shuttle_tests {
         KeyUpdate {
             key: key.clone(),
             before: before.map(Listing::of),
-            after: IndexEntry {
+            after: Arc::new(IndexEntry {
                 state: PaymentState::new(key.clone()),
                 last_sequence: Sequence(sequence),
                 next_query_at: None,
                 events: Vec::new(),
-            },
+            }),
             new_references: Vec::new(),
         }
     }
@@ -637,7 +641,7 @@ mod shuttle_tests {
                             *last += 1;
                             *last
                         };
-                        let next = update(key, before.as_ref(), sequence);
+                        let next = update(key, before.as_deref(), sequence);
                         index.submit(next, Sequence(sequence), Sequence(sequence), [0; 32]);
                         *durable = sequence;
                     }

@@ -47,7 +47,8 @@ impl Tables {
         for reference in &update.new_references {
             self.references.insert(reference.clone(), key.clone());
         }
-        self.states.insert(key.clone(), update.after.clone());
+        self.states
+            .insert(key.clone(), IndexEntry::clone(&update.after));
     }
 }
 

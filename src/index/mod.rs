@@ -25,6 +25,7 @@ mod overlay;
 mod sled;
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +77,13 @@ pub struct IndexEntry {
     pub events: Vec<StoredEvent>,
 }
 
+impl IndexEntry {
+    /// The state inside a shared entry: moved out of the last reference, cloned otherwise.
+    pub(crate) fn state_of(entry: Arc<Self>) -> PaymentState {
+        Arc::try_unwrap(entry).map_or_else(|shared| shared.state.clone(), |entry| entry.state)
+    }
+}
+
 /// One event of a key's history, as stored: where to read it in the journal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEvent {
@@ -121,8 +129,9 @@ pub(crate) struct KeyUpdate {
     pub key: IdempotencyKey,
     /// Where the key was listed before (nothing for a new key).
     pub before: Option<Listing>,
-    /// Its entry after the commit (with the commit's events).
-    pub after: IndexEntry,
+    /// Its entry after the commit (with the commit's events), shared with the overlay, which
+    /// shows it until it is applied.
+    pub after: Arc<IndexEntry>,
     /// The provider references `AttemptStarted` events among them issued.
     pub new_references: Vec<ProviderReference>,
 }
@@ -198,12 +207,12 @@ pub(crate) mod tests {
     pub(crate) fn update(key: &str, last: u64, reference: Option<&str>) -> KeyUpdate {
         let key = IdempotencyKey::new(key).unwrap();
         KeyUpdate {
-            after: IndexEntry {
+            after: Arc::new(IndexEntry {
                 state: PaymentState::new(key.clone()),
                 last_sequence: Sequence(last),
                 next_query_at: None,
                 events: Vec::new(),
-            },
+            }),
             key,
             before: None,
             new_references: reference

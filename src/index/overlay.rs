@@ -8,6 +8,7 @@
 //! - its size is bounded by the applier's backlog: one entry per key with unapplied events.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::model::{IdempotencyKey, ProviderReference, Sequence};
 
@@ -16,8 +17,8 @@ use super::{IndexEntry, KeyUpdate};
 /// Entries and references written since the applied watermark.
 #[derive(Debug, Default)]
 pub(crate) struct Overlay {
-    /// Each key's latest entry.
-    entries: HashMap<IdempotencyKey, IndexEntry>,
+    /// Each key's latest entry, shared with the update the applier holds.
+    entries: HashMap<IdempotencyKey, Arc<IndexEntry>>,
     /// Provider references issued by unapplied events, with the sequence that issued them.
     references: HashMap<ProviderReference, (IdempotencyKey, Sequence)>,
 }
@@ -31,11 +32,11 @@ impl Overlay {
                 .insert(reference.clone(), (update.key.clone(), last));
         }
         self.entries
-            .insert(update.key.clone(), update.after.clone());
+            .insert(update.key.clone(), Arc::clone(&update.after));
     }
 
     /// The latest entry of `key`, if it has unapplied events.
-    pub fn get(&self, key: &IdempotencyKey) -> Option<IndexEntry> {
+    pub fn get(&self, key: &IdempotencyKey) -> Option<Arc<IndexEntry>> {
         self.entries.get(key).cloned()
     }
 

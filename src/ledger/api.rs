@@ -197,7 +197,11 @@ impl Ledger {
             .map_or_else(|| PaymentState::new(key.clone()), |e| e.state.clone());
         if matches!(state.phase, Phase::InFlight { attempt: a, .. } if a == attempt) {
             let event = self.event(key, EventKind::OutcomeReported { attempt, outcome });
-            return Ok(self.write_events(key, entry.as_ref(), vec![event])?.state);
+            return Ok(IndexEntry::state_of(self.write_events(
+                key,
+                entry.as_deref(),
+                vec![event],
+            )?));
         }
         // Settled meanwhile: what the reply says is evidence.
         let finding = match outcome {
@@ -213,7 +217,7 @@ impl Ledger {
         };
         self.record_finding(
             key,
-            entry.as_ref(),
+            entry.as_deref(),
             &state,
             attempt,
             EvidenceSource::Reply,
@@ -280,7 +284,7 @@ impl Ledger {
             EvidenceOutcome::Settled(_) => EvidenceOutcome::Settled(after.state.phase.clone()),
             other => other,
         };
-        Ok((after.state, outcome))
+        Ok((IndexEntry::state_of(after), outcome))
     }
 
     /// begin → charge → record, with the provider call bounded by `deadline`: a reply after
@@ -349,12 +353,12 @@ impl Ledger {
         };
         let _guard = self.lock_key(&key);
         let entry = self.inner.index.get(&key)?;
-        let Some(state) = entry.as_ref().map(|e| e.state.clone()) else {
+        let Some(state) = entry.as_deref().map(|e| e.state.clone()) else {
             return Ok(EvidenceOutcome::UnknownReference);
         };
         if let Some(outcome) = self.operation_evidence(
             &key,
-            entry.as_ref(),
+            entry.as_deref(),
             &state,
             reference,
             source,
@@ -363,7 +367,7 @@ impl Ledger {
             return Ok(outcome);
         }
         let (_, outcome) =
-            self.record_finding(&key, entry.as_ref(), &state, attempt, source, finding)?;
+            self.record_finding(&key, entry.as_deref(), &state, attempt, source, finding)?;
         Ok(outcome)
     }
 
@@ -393,10 +397,10 @@ impl Ledger {
                 note,
             },
         );
-        let after = self.write_events(key, entry.as_ref(), vec![event])?;
+        let after = self.write_events(key, entry.as_deref(), vec![event])?;
         self.inner.gate.clear_unwritten(key);
         tracing::info!(phase = after.state.phase.name(), "resolved by operator");
-        Ok(after.state)
+        Ok(IndexEntry::state_of(after))
     }
 }
 

@@ -108,25 +108,25 @@ struct Batched<'a> {
 }
 
 impl GateStore for Batched<'_> {
-    type Entry = IndexEntry;
+    type Entry = Arc<IndexEntry>;
 
-    fn load(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
+    fn load(&self, key: &IdempotencyKey) -> Result<Option<Arc<IndexEntry>>> {
         GateStore::load(self.ledger, key)
     }
 
-    fn state(entry: &IndexEntry) -> &PaymentState {
+    fn state(entry: &Arc<IndexEntry>) -> &PaymentState {
         <Ledger as GateStore>::state(entry)
     }
 
     fn append(
         &self,
         key: &IdempotencyKey,
-        before: Option<&IndexEntry>,
+        before: Option<&Arc<IndexEntry>>,
         events: Vec<Event>,
     ) -> Result<()> {
-        let write = self
-            .ledger
-            .stage_events(key, before, events, self.room, self.wake)?;
+        let write =
+            self.ledger
+                .stage_events(key, before.map(|b| &**b), events, self.room, self.wake)?;
         self.ledger.finish_events(write, self.wake).map(drop)
     }
 }
@@ -228,7 +228,9 @@ impl Ledger {
                     &key,
                     &request,
                     self.now(),
-                    |before, events| self.stage_events(&key, before, events, room, wake),
+                    |before, events| {
+                        self.stage_events(&key, before.map(|b| &**b), events, room, wake)
+                    },
                 );
                 match admission {
                     Err(e) => Staging::Answered(Answer::Begin(Err(e))),
@@ -261,7 +263,7 @@ impl Ledger {
                 let Ok(entry) = self.inner.index.get(&ticket.key) else {
                     return Staging::Later(Call::Record { ticket, outcome });
                 };
-                let in_flight = entry.as_ref().is_some_and(|e| {
+                let in_flight = entry.as_deref().is_some_and(|e| {
                     matches!(e.state.phase, Phase::InFlight { attempt, .. } if attempt == ticket.attempt)
                 });
                 if !in_flight {
@@ -273,7 +275,7 @@ impl Ledger {
                 let attempt = ticket.attempt;
                 self.inner.gate.release(&key, attempt);
                 let event = self.event(&key, EventKind::OutcomeReported { attempt, outcome });
-                match self.stage_events(&key, entry.as_ref(), vec![event], room, wake) {
+                match self.stage_events(&key, entry.as_deref(), vec![event], room, wake) {
                     Ok(write) => Staging::Staged(Box::new(Staged {
                         _guard: guard,
                         write,
@@ -310,7 +312,7 @@ impl Ledger {
                 self.begun(&key, primary, decision, started, &span)
             })),
             Then::Record { key } => {
-                Answer::Record(self.recorded(&key, written.map(|entry| entry.state), started))
+                Answer::Record(self.recorded(&key, written.map(IndexEntry::state_of), started))
             }
         }
     }

@@ -199,7 +199,7 @@ impl Ledger {
                 let _guard = self.lock_key(&key);
                 let entry = self.inner.index.get(&key)?;
                 if let Some(Phase::InFlight { attempt, .. }) =
-                    entry.as_ref().map(|e| &e.state.phase)
+                    entry.as_deref().map(|e| &e.state.phase)
                 {
                     let event = self.event(
                         &key,
@@ -208,7 +208,7 @@ impl Ledger {
                             outcome: self.orphan_outcome(),
                         },
                     );
-                    self.write_events(&key, entry.as_ref(), vec![event])?;
+                    self.write_events(&key, entry.as_deref(), vec![event])?;
                     tracing::warn!(key = %key, attempt = attempt.get(), "attempt orphaned by a previous process is now unknown");
                     count += 1;
                 }

@@ -131,7 +131,7 @@ impl Ledger {
                     },
                 };
                 let event = self.event(key, EventKind::OperationStepped { ordinal, step });
-                self.write_events(key, entry.as_ref(), vec![event])?;
+                self.write_events(key, entry.as_deref(), vec![event])?;
                 return Ok(Decision::AwaitingReconciliation { attempt });
             }
             Err(other) => return Ok(other.widen()),
@@ -160,7 +160,7 @@ impl Ledger {
                 },
             },
         ));
-        self.write_events(key, entry.as_ref(), events)?;
+        self.write_events(key, entry.as_deref(), events)?;
         lock(&self.inner.operations_live).insert(
             (key.clone(), plan.ordinal),
             (plan.attempt, self.monotonic_now()),
@@ -273,7 +273,11 @@ impl Ledger {
         if in_flight {
             let step = OperationStep::OutcomeReported { attempt, outcome };
             let event = self.event(key, EventKind::OperationStepped { ordinal, step });
-            return Ok(self.write_events(key, entry.as_ref(), vec![event])?.state);
+            return Ok(IndexEntry::state_of(self.write_events(
+                key,
+                entry.as_deref(),
+                vec![event],
+            )?));
         }
         let finding = match outcome {
             Outcome::Succeeded {
@@ -289,7 +293,7 @@ impl Ledger {
         let at = (ordinal, attempt);
         self.record_operation_finding(
             key,
-            entry.as_ref(),
+            entry.as_deref(),
             &state,
             at,
             EvidenceSource::Reply,
@@ -356,7 +360,7 @@ impl Ledger {
             ),
             other => other,
         };
-        Ok((after.state, outcome))
+        Ok((IndexEntry::state_of(after), outcome))
     }
 
     /// Evidence sent with an operation's reference (called by `record_evidence` with the key's
@@ -438,9 +442,9 @@ impl Ledger {
             note,
         };
         let event = self.event(key, EventKind::OperationStepped { ordinal, step });
-        let after = self.write_events(key, entry.as_ref(), vec![event])?;
+        let after = self.write_events(key, entry.as_deref(), vec![event])?;
         tracing::info!(key = %key, ordinal, "operation resolved by operator");
-        Ok(after.state)
+        Ok(IndexEntry::state_of(after))
     }
 
     /// Whether a live ticket holds operation `ordinal` of `key`.
@@ -482,7 +486,7 @@ impl Ledger {
         let answer = reply.classify(self.inner.config.reconcile.not_found(), waited_ms);
         let step = OperationStep::ProviderQueried { attempt, answer };
         let event = self.event(key, EventKind::OperationStepped { ordinal, step });
-        let after = self.write_events(key, entry.as_ref(), vec![event])?;
+        let after = self.write_events(key, entry.as_deref(), vec![event])?;
         let phase = after
             .state
             .operation(ordinal)
@@ -514,7 +518,7 @@ impl Ledger {
             reason: ReviewReason::QueriesExhausted { queries },
         };
         let event = self.event(key, EventKind::OperationStepped { ordinal, step });
-        self.write_events(key, entry.as_ref(), vec![event])?;
+        self.write_events(key, entry.as_deref(), vec![event])?;
         tracing::warn!(key = %key, ordinal, attempt = attempt.get(), queries, "operation escalated to manual review");
         Ok(true)
     }
@@ -546,7 +550,7 @@ impl Ledger {
         for key in keys {
             let _guard = self.lock_key(&key);
             let entry = self.inner.index.get(&key)?;
-            let Some(state) = entry.as_ref().map(|e| &e.state) else {
+            let Some(state) = entry.as_deref().map(|e| &e.state) else {
                 continue;
             };
             let mut events = Vec::new();
@@ -582,7 +586,7 @@ impl Ledger {
             }
             if !events.is_empty() {
                 count += events.len();
-                self.write_events(&key, entry.as_ref(), events)?;
+                self.write_events(&key, entry.as_deref(), events)?;
             }
         }
         Ok(count)

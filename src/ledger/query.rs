@@ -9,6 +9,8 @@
 
 use crate::error::Result;
 use crate::gate::GateStore;
+use std::sync::Arc;
+
 use crate::index::IndexEntry;
 use crate::journal::Journal;
 use crate::journal::codec::decode_event;
@@ -34,7 +36,7 @@ impl Ledger {
             .inner
             .index
             .get(key)?
-            .map(|e| self.as_the_gate_sees_it(e.state)))
+            .map(|e| self.as_the_gate_sees_it(IndexEntry::state_of(e))))
     }
 
     /// `state` with an outcome that could not be written shown as the gate treats it: unknown
@@ -128,7 +130,7 @@ impl Ledger {
             if let Some(entry) = self.inner.index.get(&key)?
                 && entry.state.listed_as().contains(&phase)
             {
-                states.push(entry.state);
+                states.push(IndexEntry::state_of(entry));
             }
         }
         Ok(states)
@@ -192,7 +194,7 @@ impl Ledger {
             .collect();
         for (key, ordinal, attempt, since) in unwritten {
             let entry = self.inner.index.get(&key)?;
-            match entry.as_ref().and_then(|e| e.state.operation(ordinal)) {
+            match entry.as_deref().and_then(|e| e.state.operation(ordinal)) {
                 Some(op) if matches!(op.phase, Phase::InFlight { attempt: a, .. } if a == attempt) =>
                 {
                     count_unknown(health_of(&mut by_kind, op.kind), now.since(since));
@@ -241,7 +243,7 @@ impl Ledger {
         let mut unwritten_in_flight = 0;
         for (key, since) in &unwritten {
             if matches!(
-                index.get(key)?.map(|e| e.state.phase),
+                index.get(key)?.map(|e| IndexEntry::state_of(e).phase),
                 Some(Phase::InFlight { .. })
             ) {
                 unwritten_in_flight += 1;
@@ -295,23 +297,24 @@ impl Ledger {
 }
 
 impl GateStore for Ledger {
-    type Entry = IndexEntry;
+    type Entry = Arc<IndexEntry>;
 
-    fn load(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>> {
+    fn load(&self, key: &IdempotencyKey) -> Result<Option<Arc<IndexEntry>>> {
         self.inner.index.get(key)
     }
 
-    fn state(entry: &IndexEntry) -> &PaymentState {
+    fn state(entry: &Arc<IndexEntry>) -> &PaymentState {
         &entry.state
     }
 
     fn append(
         &self,
         key: &IdempotencyKey,
-        before: Option<&IndexEntry>,
+        before: Option<&Arc<IndexEntry>>,
         events: Vec<Event>,
     ) -> Result<()> {
-        self.write_events(key, before, events).map(drop)
+        self.write_events(key, before.map(|b| &**b), events)
+            .map(drop)
     }
 }
 

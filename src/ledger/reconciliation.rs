@@ -12,6 +12,7 @@
 
 use crate::clock::MonotonicMillis;
 use crate::error::Result;
+use crate::index::IndexEntry;
 use crate::model::ReconcileConfig;
 use crate::model::{AttemptNumber, IdempotencyKey};
 use crate::model::{EventKind, Outcome, ReviewReason, UnknownReason};
@@ -37,7 +38,7 @@ impl Ledger {
             attempt: current,
             waited_ms: before_ms,
             ..
-        }) = entry.as_ref().map(|e| &e.state.phase)
+        }) = entry.as_deref().map(|e| &e.state.phase)
         else {
             return Ok(None);
         };
@@ -51,11 +52,11 @@ impl Ledger {
             .map_or(0, |wait| wait.before_ms + asked_at.since(wait.since));
         let answer = reply.classify(self.inner.config.reconcile.not_found(), waited_ms);
         let event = self.event(key, EventKind::ProviderQueried { attempt, answer });
-        let after = self.write_events(key, entry.as_ref(), vec![event])?;
+        let after = self.write_events(key, entry.as_deref(), vec![event])?;
         if !matches!(after.state.phase, Phase::Unknown { .. }) {
             self.inner.gate.clear_unwritten(key);
         }
-        Ok(Some(after.state.phase))
+        Ok(Some(IndexEntry::state_of(after).phase))
     }
 
     /// Escalates an unknown attempt to review; `false` if the key moved on meanwhile.
@@ -67,7 +68,7 @@ impl Ledger {
     ) -> Result<bool> {
         let _guard = self.lock_key(key);
         let entry = self.inner.index.get(key)?;
-        if !matches!(entry.as_ref().map(|e| &e.state.phase), Some(Phase::Unknown { attempt: a, .. }) if *a == attempt)
+        if !matches!(entry.as_deref().map(|e| &e.state.phase), Some(Phase::Unknown { attempt: a, .. }) if *a == attempt)
         {
             return Ok(false);
         }
@@ -78,7 +79,7 @@ impl Ledger {
                 reason: ReviewReason::QueriesExhausted { queries },
             },
         );
-        self.write_events(key, entry.as_ref(), vec![event])?;
+        self.write_events(key, entry.as_deref(), vec![event])?;
         tracing::warn!(key = %key, attempt = attempt.get(), queries, "escalated to manual review");
         Ok(true)
     }
@@ -103,7 +104,7 @@ impl Ledger {
         for key in keys {
             let _guard = self.lock_key(&key);
             let entry = self.inner.index.get(&key)?;
-            let Some(Phase::InFlight { attempt, .. }) = entry.as_ref().map(|e| &e.state.phase)
+            let Some(Phase::InFlight { attempt, .. }) = entry.as_deref().map(|e| &e.state.phase)
             else {
                 continue;
             };
@@ -133,7 +134,7 @@ impl Ledger {
                     outcome: Outcome::Unknown { reason },
                 },
             );
-            self.write_events(&key, entry.as_ref(), vec![event])?;
+            self.write_events(&key, entry.as_deref(), vec![event])?;
             count += 1;
         }
         Ok(count)

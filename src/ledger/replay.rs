@@ -71,7 +71,7 @@ struct Batch {
 impl Batch {
     /// The key's latest entry in this batch.
     fn entry(&self, key: &IdempotencyKey) -> Option<&IndexEntry> {
-        self.slot.get(key).map(|&i| &self.updates[i].after)
+        self.slot.get(key).map(|&i| &*self.updates[i].after)
     }
 }
 
@@ -295,7 +295,7 @@ impl Folder<'_> {
             let update = &mut self.batch.updates[i];
             let state = apply(&update.after.state, &event).map_err(|r| inconsistent(r.into()))?;
             update.new_references.extend(started_reference(&event));
-            let after = &mut update.after;
+            let after = Arc::make_mut(&mut update.after);
             after.next_query_at = self.reconcile.next_query_at_state(&state, event.at);
             after.state = state;
             after.last_sequence = sequence;
@@ -339,12 +339,12 @@ impl Folder<'_> {
         Ok(KeyUpdate {
             key: event.key.clone(),
             before: listing,
-            after: IndexEntry {
+            after: Arc::new(IndexEntry {
                 next_query_at: self.reconcile.next_query_at_state(&state, event.at),
                 state,
                 last_sequence: stored.sequence,
                 events,
-            },
+            }),
             new_references: started_reference(event).into_iter().collect(),
         })
     }
@@ -452,7 +452,7 @@ mod tests {
                     "{case}"
                 );
                 for key in &keys {
-                    let written = inner.index.get(key).unwrap();
+                    let written = inner.index.get(key).unwrap().map(Arc::unwrap_or_clone);
                     assert!(written.is_some());
                     assert_eq!(replayed.get(key).unwrap(), written, "{case}: {key}");
                 }
@@ -516,7 +516,7 @@ mod tests {
         for key in &keys {
             assert_eq!(
                 replayed.get(key).unwrap(),
-                inner.index.get(key).unwrap(),
+                inner.index.get(key).unwrap().map(Arc::unwrap_or_clone),
                 "{key}"
             );
         }

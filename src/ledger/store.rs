@@ -11,6 +11,7 @@
 //! whose ticket was dropped.
 
 use crate::error::Result;
+use crate::index::IndexEntry;
 use crate::model::{IdempotencyKey, PaymentState, PhaseKind, ProviderReference, UnixMillis};
 use crate::store::{Append, Appended, EventStore, StoredKey};
 
@@ -20,7 +21,7 @@ impl EventStore for Ledger {
     fn load(&self, key: &IdempotencyKey) -> Result<Option<StoredKey>> {
         Ok(self.inner.index.get(key)?.map(|entry| StoredKey {
             version: entry.events.len() as u64,
-            state: entry.state,
+            state: IndexEntry::state_of(entry),
         }))
     }
 
@@ -28,11 +29,11 @@ impl EventStore for Ledger {
         self.writable()?;
         let _guard = self.lock_key(append.key);
         let entry = self.inner.index.get(append.key)?;
-        let version = entry.as_ref().map_or(0, |e| e.events.len() as u64);
+        let version = entry.as_deref().map_or(0, |e| e.events.len() as u64);
         if version != append.expected_version {
             return Ok(Appended::Raced);
         }
-        let after = self.write_events(append.key, entry.as_ref(), append.events.to_vec())?;
+        let after = self.write_events(append.key, entry.as_deref(), append.events.to_vec())?;
         Ok(Appended::Done {
             version: after.events.len() as u64,
         })

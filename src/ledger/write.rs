@@ -50,7 +50,7 @@ impl Ledger {
         key: &IdempotencyKey,
         before: Option<&IndexEntry>,
         events: Vec<Event>,
-    ) -> Result<IndexEntry> {
+    ) -> Result<Arc<IndexEntry>> {
         let wake = Arc::new(Condvar::new());
         let staged = self.stage_events(key, before, events, Room::Wait, &wake)?;
         self.finish_events(staged, &wake)
@@ -72,10 +72,20 @@ impl Ledger {
         // Room in the index backlog is taken before appending: a writer waiting for it holds no
         // sequence the applier needs (a batch holding some does not wait: `room`).
         self.inner.index.reserve(room)?;
-        let mut state = before.map_or_else(|| PaymentState::new(key.clone()), |b| b.state.clone());
+        // The fold reads the state before and makes the next one: no copy of the state before.
+        let fresh;
+        let start = match before {
+            Some(before) => &before.state,
+            None => {
+                fresh = PaymentState::new(key.clone());
+                &fresh
+            }
+        };
+        let mut folded = None;
         for event in &events {
-            state = apply(&state, event)?;
+            folded = Some(apply(folded.as_ref().unwrap_or(start), event)?);
         }
+        let state = folded.unwrap_or_else(|| start.clone());
         let payloads = events
             .iter()
             .map(encode_event)
@@ -103,7 +113,11 @@ impl Ledger {
 
     /// The second half of [`Ledger::write_events`]: waits until the append is durable, then
     /// hands it to the index applier. The key's lock is still held.
-    pub(super) fn finish_events(&self, staged: StagedWrite, wake: &Condvar) -> Result<IndexEntry> {
+    pub(super) fn finish_events(
+        &self,
+        staged: StagedWrite,
+        wake: &Condvar,
+    ) -> Result<Arc<IndexEntry>> {
         let StagedWrite {
             append,
             key,
@@ -123,16 +137,16 @@ impl Ledger {
                 .zip(appended.positions.iter().copied())
                 .map(|(sequence, position)| StoredEvent { sequence, position }),
         );
-        let after = IndexEntry {
+        let after = Arc::new(IndexEntry {
             state,
             last_sequence: last,
             next_query_at,
             events: stored,
-        };
+        });
         let update = KeyUpdate {
             key,
             before,
-            after: after.clone(),
+            after: Arc::clone(&after),
             new_references,
         };
         self.inner
