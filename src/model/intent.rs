@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,12 +16,17 @@ use crate::limits::{METADATA_ENTRIES_MAX, METADATA_KEY_LEN_MAX, METADATA_VALUE_L
 
 /// Free-form key/value pairs attached to an intent: at most 50 entries, keys of 1 to 40 bytes
 /// of visible ASCII, values of up to 500 bytes of text. Kept sorted by key.
-#[derive(Clone, Default, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(
-    try_from = "BTreeMap<String, String>",
-    into = "BTreeMap<String, String>"
-)]
+#[derive(Clone, Default, PartialEq, Eq, Debug, Deserialize)]
+#[serde(try_from = "BTreeMap<String, String>")]
 pub struct Metadata(BTreeMap<String, String>);
+
+/// Serialised as its map, borrowed: the bytes of serde's `into = "BTreeMap<String, String>"`,
+/// without the copy of every entry that attribute makes.
+impl Serialize for Metadata {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
 
 impl Metadata {
     /// Validates a set of entries.
@@ -126,7 +132,10 @@ impl Intent {
     /// # Ok::<(), payledger::InputError>(())
     /// ```
     pub fn fingerprint(&self) -> Fingerprint {
-        let mut hasher = blake3::Hasher::new_derive_key("payledger 2026-11 intent fingerprint v1");
+        static CONTEXT: LazyLock<blake3::Hasher> = LazyLock::new(|| {
+            blake3::Hasher::new_derive_key("payledger 2026-11 intent fingerprint v1")
+        });
+        let mut hasher = CONTEXT.clone();
         let mut put = |bytes: &[u8]| {
             hasher.update(bytes);
         };
@@ -153,8 +162,10 @@ impl Intent {
     /// distinct from [`Intent::fingerprint`], so a key recorded as a purchase is never reused for
     /// an authorisation, nor the other way round.
     pub fn authorization_fingerprint(&self) -> Fingerprint {
-        let mut hasher =
-            blake3::Hasher::new_derive_key("payledger 2026-11 authorization fingerprint v1");
+        static CONTEXT: LazyLock<blake3::Hasher> = LazyLock::new(|| {
+            blake3::Hasher::new_derive_key("payledger 2026-11 authorization fingerprint v1")
+        });
+        let mut hasher = CONTEXT.clone();
         hasher.update(&self.fingerprint().0);
         Fingerprint(*hasher.finalize().as_bytes())
     }

@@ -5,6 +5,7 @@
 //! caller or a provider are checked alike and a bad value is an [`InputError`], never a panic.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,14 +16,28 @@ use crate::limits::{
     OPERATOR_LEN_MAX, PROVIDER_REFERENCE_LEN_MAX, REQUEST_ID_LEN_MAX, TRANSACTION_ID_LEN_MAX,
 };
 
+/// Serialises a value as its text, borrowed: the same bytes as serde's `into = "String"`,
+/// without the copy that attribute makes of every value it writes.
+macro_rules! serialize_as_str {
+    ($name:ident) => {
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// Declares a validated string newtype: constructor, accessors, `Display`, and serde through
 /// the same validation.
 macro_rules! string_newtype {
     ($(#[$doc:meta])* $name:ident, $field:literal, $check:ident, $min:expr, $max:expr) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        serialize_as_str!($name);
 
         impl $name {
             #[doc = concat!("Validates and wraps a ", $field, ".")]
@@ -133,7 +148,10 @@ impl ProviderReference {
     /// # Ok::<(), payledger::InputError>(())
     /// ```
     pub fn derive(key: &IdempotencyKey, attempt: AttemptNumber) -> Self {
-        let mut hasher = blake3::Hasher::new_derive_key("payledger 2026-11 provider reference v1");
+        static CONTEXT: LazyLock<blake3::Hasher> = LazyLock::new(|| {
+            blake3::Hasher::new_derive_key("payledger 2026-11 provider reference v1")
+        });
+        let mut hasher = CONTEXT.clone();
         let key_len = u32::try_from(key.as_str().len()).unwrap_or(u32::MAX);
         hasher.update(&key_len.to_le_bytes());
         hasher.update(key.as_str().as_bytes());
@@ -164,8 +182,10 @@ impl ProviderReference {
         ordinal: u32,
         attempt: AttemptNumber,
     ) -> Self {
-        let mut hasher =
-            blake3::Hasher::new_derive_key("payledger 2026-11 operation provider reference v1");
+        static CONTEXT: LazyLock<blake3::Hasher> = LazyLock::new(|| {
+            blake3::Hasher::new_derive_key("payledger 2026-11 operation provider reference v1")
+        });
+        let mut hasher = CONTEXT.clone();
         let key_len = u32::try_from(key.as_str().len()).unwrap_or(u32::MAX);
         hasher.update(&key_len.to_le_bytes());
         hasher.update(key.as_str().as_bytes());
@@ -242,9 +262,11 @@ impl fmt::Display for Amount {
 
 /// An ISO-4217 alphabetic currency code: exactly three upper-case ASCII letters. The shape is
 /// checked, not membership in the current ISO list, which changes over time.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Currency([u8; CURRENCY_LEN]);
+
+serialize_as_str!(Currency);
 
 impl Currency {
     /// Validates a currency code such as `"EUR"`.
