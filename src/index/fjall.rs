@@ -4,9 +4,9 @@
 //!
 //! Invariants:
 //! - everything one batch of commits changes is one fjall write batch (one journal entry of
-//!   fjall's, applied atomically on recovery), with each key written at most once: the writes
-//!   are gathered last-write-wins first, because every item of a fjall batch carries the same
-//!   sequence number;
+//!   fjall's, applied atomically on recovery), with each key written at most once, because
+//!   every item of a fjall batch carries the same sequence number: the layout writes each key
+//!   once given one update per key (checked in debug builds);
 //! - every value is sealed (`layout.rs`), as in the sled index;
 //! - fjall's files live in their own directory, `fjall/`, under the index directory, so that
 //!   removing them never touches anything else.
@@ -18,7 +18,6 @@
 //! notice acknowledged records missing from the journal (`Error::IndexAhead`). fjall recovers
 //! at most [`JOURNAL_BYTES_MAX`] of its journal when it opens.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -66,16 +65,33 @@ fn fjall_error(error: &fjall::Error) -> IndexError {
     }
 }
 
-/// One batch's writes, last write of each key winning.
-#[derive(Default)]
-struct Gathered(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+/// One fjall write batch being filled, with the keys it holds in debug builds, to check that
+/// none is written twice.
+struct Batch<'k> {
+    batch: fjall::OwnedWriteBatch,
+    keyspace: &'k Keyspace,
+    #[cfg(debug_assertions)]
+    written: std::collections::HashSet<Vec<u8>>,
+}
 
-impl Writes for Gathered {
-    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.0.insert(key, Some(value));
+impl Batch<'_> {
+    fn check_once(&mut self, _key: &[u8]) {
+        #[cfg(debug_assertions)]
+        assert!(
+            self.written.insert(_key.to_vec()),
+            "an index key written twice in one fjall batch"
+        );
     }
-    fn remove(&mut self, key: Vec<u8>) {
-        self.0.insert(key, None);
+}
+
+impl Writes for Batch<'_> {
+    fn insert(&mut self, key: &[u8], value: &[u8]) {
+        self.check_once(key);
+        self.batch.insert(self.keyspace, key, value);
+    }
+    fn remove(&mut self, key: &[u8]) {
+        self.check_once(key);
+        self.batch.remove(self.keyspace, key);
     }
 }
 
@@ -218,16 +234,14 @@ impl KeyIndex for FjallIndex {
     }
 
     fn apply(&self, updates: &[KeyUpdate], watermark: IndexWatermark) -> Result<()> {
-        let mut writes = Gathered::default();
-        layout::write_batch(&mut writes, updates, watermark)?;
-        let mut batch = self.db.batch();
-        for (key, value) in writes.0 {
-            match value {
-                Some(value) => batch.insert(&self.keyspace, key, value),
-                None => batch.remove(&self.keyspace, key),
-            }
-        }
-        batch.commit().map_err(|e| self.fjall(&e))?;
+        let mut batch = Batch {
+            batch: self.db.batch(),
+            keyspace: &self.keyspace,
+            #[cfg(debug_assertions)]
+            written: std::collections::HashSet::new(),
+        };
+        layout::write_batch(&mut batch, updates, watermark)?;
+        batch.batch.commit().map_err(|e| self.fjall(&e))?;
         let mut synced = crate::sync::lock(&self.synced);
         if synced.elapsed() >= SYNC_EVERY {
             self.db

@@ -175,8 +175,8 @@ fn listed_as(state: &PaymentState) -> impl Iterator<Item = PhaseKind> {
 pub(crate) trait KeyIndex: Send + Sync + fmt::Debug {
     /// The entry of `key`.
     fn get(&self, key: &IdempotencyKey) -> Result<Option<IndexEntry>>;
-    /// Applies `updates` (in journal order) and sets the watermark to `watermark`, all in one
-    /// atomic batch.
+    /// Applies `updates` (in journal order, at most one per key: [`merged`]) and sets the
+    /// watermark to `watermark`, all in one atomic batch.
     fn apply(&self, updates: &[KeyUpdate], watermark: IndexWatermark) -> Result<()>;
     /// Keys in `phase`, ordered by key, strictly after `after`, at most `limit`.
     fn list(

@@ -46,10 +46,10 @@ fn sled_error(error: sled::Error) -> IndexError {
 }
 
 impl Writes for sled::Batch {
-    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    fn insert(&mut self, key: &[u8], value: &[u8]) {
         sled::Batch::insert(self, key, value);
     }
-    fn remove(&mut self, key: Vec<u8>) {
+    fn remove(&mut self, key: &[u8]) {
         sled::Batch::remove(self, key);
     }
 }
@@ -183,9 +183,7 @@ impl KeyIndex for SledIndex {
             .transpose()
     }
 
-    /// Applies `updates` and the watermark in one atomic sled batch. Several updates of one key
-    /// in a batch are in journal order, and a batch keeps the last write of each sled key, so
-    /// the later update's removals and inserts win.
+    /// Applies `updates` (one per key) and the watermark in one atomic sled batch.
     fn apply(&self, updates: &[KeyUpdate], watermark: IndexWatermark) -> Result<()> {
         let mut batch = sled::Batch::default();
         layout::write_batch(&mut batch, updates, watermark)?;
