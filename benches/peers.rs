@@ -261,6 +261,11 @@ trait Store: Sync {
     /// opens, so that connecting is not measured.
     fn session(&self, caller: usize) -> Box<dyn Session + '_>;
 
+    /// After a window: finishes the work the window's charges left in the background (the
+    /// index applier's backlog), so that its CPU is counted in this contender's window, not in
+    /// the next one's.
+    fn settle(&self) {}
+
     /// After the run: `completed` charges (the preload included) finished; does the store agree?
     fn check(&self, _completed: u64) -> Result<(), String> {
         Ok(())
@@ -514,6 +519,10 @@ fn intent() -> Intent {
 impl Store for Payledger {
     fn name(&self) -> &'static str {
         "payledger"
+    }
+
+    fn settle(&self) {
+        self.ledger.wait_indexed().expect("the index catches up");
     }
 
     fn session(&self, _caller: usize) -> Box<dyn Session + '_> {
@@ -869,13 +878,15 @@ struct Sample {
     max_us: u64,
     starved: u64,
     busy: u64,
-    /// This process's CPU time (user and system, every thread) over the window, per charge
-    /// completed in it, in microseconds; `None` where `/proc/self/stat` cannot be read.
+    /// This process's CPU time (user and system, every thread) from the start line until the
+    /// contender settled after the window (its background work done; sessions made and dropped
+    /// outside it), per charge completed, in microseconds; `None` where `/proc/self/stat` cannot
+    /// be read.
     cpu_us: Option<f64>,
 }
 
-/// Linux reports a process's CPU times in `USER_HZ` ticks, 100 a second on every architecture
-/// it runs on (the ABI's fixed unit, not the kernel's `CONFIG_HZ`).
+/// Linux reports a process's CPU times in `USER_HZ` ticks, 100 a second on x86 and ARM (the
+/// ABI's fixed unit, not the kernel's `CONFIG_HZ`; `getconf CLK_TCK` says it).
 const USER_HZ: f64 = 100.0;
 
 /// This process's CPU time so far (user and system, every thread), in seconds, from
@@ -891,31 +902,38 @@ fn process_cpu_s() -> Option<f64> {
 
 /// Runs `callers` closed-loop callers against the contender for one window.
 fn measure(contender: &Contender, callers: usize, window: Duration) -> Sample {
-    let barrier = Barrier::new(callers + 1);
-    let cpu_before = process_cpu_s();
+    // Sessions are made before the start line and dropped after the finish line: the CPU
+    // reading spans only the charges and the contender's settling.
+    let start = Barrier::new(callers + 1);
+    let finish = Barrier::new(callers + 1);
+    let mut cpu_s = None;
     let logs: Vec<CallerLog> = thread::scope(|scope| {
         let handles: Vec<_> = (0..callers)
             .map(|caller| {
-                let barrier = &barrier;
-                scope.spawn(move || run_caller(contender, caller, barrier, window))
+                let (start, finish) = (&start, &finish);
+                scope.spawn(move || run_caller(contender, caller, start, finish, window))
             })
             .collect();
-        barrier.wait();
+        start.wait();
+        let cpu_before = process_cpu_s();
+        finish.wait();
+        contender.store.settle();
+        cpu_s = process_cpu_s()
+            .zip(cpu_before)
+            .map(|(after, before)| after - before);
+        finish.wait();
         handles
             .into_iter()
             .map(|handle| handle.join().expect("a caller panicked"))
             .collect()
     });
-    let cpu_s = process_cpu_s()
-        .zip(cpu_before)
-        .map(|(after, before)| after - before);
     let completed: u64 = logs
         .iter()
         .map(|log| log.latencies_us.len() as u64 + log.late)
         .sum();
     contender.completed.fetch_add(completed, Ordering::Relaxed);
     let mut sample = Sample::from_logs(&logs, window);
-    // The window's CPU paid for the charges that finished late as well.
+    // The reading paid for the charges that finished late as well.
     sample.cpu_us = cpu_s
         .filter(|_| completed > 0)
         .map(|cpu_s| cpu_s * 1e6 / completed as f64);
@@ -927,16 +945,20 @@ fn measure(contender: &Contender, callers: usize, window: Duration) -> Sample {
 fn run_caller(
     contender: &Contender,
     caller: usize,
-    barrier: &Barrier,
+    start: &Barrier,
+    finish: &Barrier,
     window: Duration,
 ) -> CallerLog {
     let mut session = contender.store.session(caller);
     let mut log = CallerLog::default();
-    barrier.wait();
+    start.wait();
     let deadline = Instant::now() + window;
     loop {
         let started = Instant::now();
         if started >= deadline {
+            // Past the finish line, then held until the CPU reading is taken.
+            finish.wait();
+            finish.wait();
             return log;
         }
         let n = contender.next_key.fetch_add(1, Ordering::Relaxed);
@@ -1060,8 +1082,10 @@ fn print_header(options: &Options, postgres_version: Option<&str>) {
          latency column); busy: charges that gave up on SQLite's busy timeout"
     );
     println!(
-        "- CPU µs/charge: this process's CPU time (user and system, all its threads) over a \
-         window, per charge; PostgreSQL's server runs in other processes, so its figure is the \
+        "- CPU µs/charge: this process's CPU time (user and system, all its threads) from the \
+         start line until the contender has settled after its window (payledger: its index \
+         caught up), per charge; fjall's background flushes and compactions may still fall \
+         partly outside it; PostgreSQL's server runs in other processes, so its figure is the \
          client's alone"
     );
     println!(

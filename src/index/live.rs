@@ -75,8 +75,9 @@ impl Pending {
     }
 
     /// Files `commit`, whose first sequence is `first`. A sequence the applier has already
-    /// taken, or one already filed, is a writer's bug: it is refused (`false`), never filed
-    /// over a commit.
+    /// taken, or the first sequence of a commit already filed, is a writer's bug: it is refused
+    /// (`false`). (A sequence inside a filed commit's span is the same bug; it is not detected
+    /// here, and is dropped when that commit is taken.)
     fn insert(&mut self, first: Sequence, commit: Commit) -> bool {
         let Some(offset) = first
             .0
@@ -142,6 +143,7 @@ impl Queue {
     /// Takes the commits that continue the applied watermark without a gap, at most `max`;
     /// returns them and the watermark they reach.
     fn take_contiguous(&mut self, max: usize) -> Option<(Vec<KeyUpdate>, IndexWatermark)> {
+        debug_assert_eq!(self.pending.front, self.applied.sequence.next());
         let mut updates = Vec::new();
         let mut reached = None;
         while updates.len() < max {
