@@ -243,7 +243,7 @@ impl Ledger {
         let mut unwritten_in_flight = 0;
         for (key, since) in &unwritten {
             if matches!(
-                index.get(key)?.map(|e| IndexEntry::state_of(e).phase),
+                index.get(key)?.map(|e| e.state.phase.clone()),
                 Some(Phase::InFlight { .. })
             ) {
                 unwritten_in_flight += 1;

@@ -12,7 +12,6 @@
 
 use crate::clock::MonotonicMillis;
 use crate::error::Result;
-use crate::index::IndexEntry;
 use crate::model::ReconcileConfig;
 use crate::model::{AttemptNumber, IdempotencyKey};
 use crate::model::{EventKind, Outcome, ReviewReason, UnknownReason};
@@ -56,7 +55,7 @@ impl Ledger {
         if !matches!(after.state.phase, Phase::Unknown { .. }) {
             self.inner.gate.clear_unwritten(key);
         }
-        Ok(Some(IndexEntry::state_of(after).phase))
+        Ok(Some(after.state.phase.clone()))
     }
 
     /// Escalates an unknown attempt to review; `false` if the key moved on meanwhile.
