@@ -2,10 +2,15 @@
 //!
 //! There is no writer thread. The first appender to find no commit in progress becomes the
 //! leader: it takes every waiting append (whole appends, up to a batch limit), frames them in
-//! one commit frame, writes once, syncs once and hands each caller its sequences. A lone appender thus pays one
-//! write and one sync, with no thread hand-off. A thread may also queue several appends
-//! (`submit`) before waiting for them (`wait_appended`); it passes the same condition variable
-//! with each, so that whichever of them a leader wakes, the thread wakes.
+//! one commit frame, writes once, syncs once and hands each caller its sequences. A lone
+//! appender thus pays one write and one sync, with no thread hand-off. A thread may also queue
+//! several appends (`submit`) before waiting for them (`wait_appended`).
+//!
+//! Waiting: the threads whose appends a commit took wait on one condition variable, and its
+//! leader wakes them all with one call when it ends (waking them one by one, a leader that the
+//! first woken thread preempted held back the rest and, on a busy machine, the next commit);
+//! the threads whose appends still wait for a commit wait on another, of which one is woken to
+//! lead the next commit.
 //!
 //! Invariants:
 //! - an append returns `Ok` only after an `fdatasync` that covers every one of its records;
@@ -55,6 +60,12 @@ pub(crate) struct Writer {
 #[derive(Debug, Default)]
 pub(crate) struct CommitQueue {
     waiting: Vec<Request>,
+    /// What the threads whose appends are in `waiting` wait on.
+    waiting_wake: Arc<Condvar>,
+    /// What the threads whose appends the commit in progress took wait on: woken all at once
+    /// when it ends (one wake-up call, so that a leader preempted by the first thread it wakes
+    /// does not hold back the others).
+    committing_wake: Arc<Condvar>,
     leader_active: bool,
     /// Appenders waiting for room in a full queue (on `queue_changed`).
     waiting_for_room: usize,
@@ -67,8 +78,6 @@ pub(crate) struct CommitQueue {
 struct Request {
     id: u64,
     payloads: Vec<Vec<u8>>,
-    /// Woken when its answer is in `done`, or when it is to lead the next commit.
-    wake: Arc<Condvar>,
 }
 
 /// Why creating segment `number` failed, as the journal's fatal cause: an I/O error as it
@@ -86,16 +95,22 @@ fn segment_failure(number: u64, error: Error) -> FatalCause {
 
 /// The wake-ups a commit's end owes, sent once the queue is unlocked.
 struct Wakes {
-    /// One `notify_one` each: answered appenders and the next leader.
-    threads: Vec<Arc<Condvar>>,
+    /// Every thread waiting on these, at once: the answered appenders (and, after a failure,
+    /// every waiter).
+    answered: Vec<Arc<Condvar>>,
+    /// One thread waiting on this: the next leader, one of those whose appends wait.
+    leader: Option<Arc<Condvar>>,
     /// Whether the appenders waiting for room in the queue must hear it.
     room: bool,
 }
 
 impl Wakes {
     fn send(self, queue_changed: &Condvar) {
-        for thread in &self.threads {
-            thread.notify_one();
+        if let Some(leader) = &self.leader {
+            leader.notify_one();
+        }
+        for answered in &self.answered {
+            answered.notify_all();
         }
         if self.room {
             queue_changed.notify_all();
@@ -154,20 +169,18 @@ impl Journal {
     /// # Errors
     /// As [`Journal::append`].
     pub fn append_chained(&self, payloads: Vec<Vec<u8>>) -> Result<Appended> {
-        let wake = Arc::new(Condvar::new());
-        let id = self.submit(payloads, &wake)?;
-        self.wait_appended(id, &wake)
+        let id = self.submit(payloads)?;
+        self.wait_appended(id)
     }
 
     /// Queues `payloads` as one atomic append without waiting for it, and returns the id to
-    /// give [`Journal::wait_appended`]. Every append submitted by one thread is given that
-    /// thread's `wake`: whichever of them a leader wakes, the thread wakes. Nothing is durable
-    /// before `wait_appended` says so; until a thread waits, its appends wait for another
-    /// thread's commit (or its own, once it waits).
+    /// give [`Journal::wait_appended`]. Nothing is durable before `wait_appended` says so; until
+    /// a thread waits, its appends wait for another thread's commit (or its own, once it
+    /// waits).
     ///
     /// # Errors
     /// As [`Journal::append`], for what is known before the commit.
-    pub(crate) fn submit(&self, payloads: Vec<Vec<u8>>, wake: &Arc<Condvar>) -> Result<u64> {
+    pub(crate) fn submit(&self, payloads: Vec<Vec<u8>>) -> Result<u64> {
         if self.is_read_only() {
             return Err(Error::ReadOnly);
         }
@@ -195,26 +208,30 @@ impl Journal {
         }
         let id = queue.next_id;
         queue.next_id += 1;
-        queue.waiting.push(Request {
-            id,
-            payloads,
-            wake: Arc::clone(wake),
-        });
+        queue.waiting.push(Request { id, payloads });
         Ok(id)
     }
 
-    /// Waits until the append `id` (from [`Journal::submit`] with the same `wake`) is durable
-    /// or has failed, leading commits while nobody else does.
+    /// Waits until the append `id` (from [`Journal::submit`]) is durable or has failed, leading
+    /// commits while nobody else does.
     ///
     /// # Errors
     /// As [`Journal::append`].
-    pub(crate) fn wait_appended(&self, id: u64, wake: &Condvar) -> Result<Appended> {
+    pub(crate) fn wait_appended(&self, id: u64) -> Result<Appended> {
         let mut queue = lock(&self.queue);
         loop {
             if let Some(result) = queue.done.remove(&id) {
                 return result;
             }
             queue = if queue.leader_active {
+                // Appends are taken from the front of `waiting`, in id order: `id` is there
+                // unless the commit in progress took it.
+                let waiting = queue.waiting.first().is_some_and(|first| first.id <= id);
+                let wake = Arc::clone(if waiting {
+                    &queue.waiting_wake
+                } else {
+                    &queue.committing_wake
+                });
                 wake.wait(queue)
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
             } else {
@@ -227,6 +244,9 @@ impl Journal {
     fn lead<'a>(&'a self, mut queue: MutexGuard<'a, CommitQueue>) -> MutexGuard<'a, CommitQueue> {
         queue.leader_active = true;
         let batch = take_batch(&mut queue.waiting);
+        // Whoever waits on the old `waiting_wake` now waits for this commit (or, if it left
+        // their appends in the queue, is woken at its end and waits again).
+        queue.committing_wake = std::mem::take(&mut queue.waiting_wake);
         drop(queue);
         // Room in the queue: wake the appenders held back by its bound.
         self.queue_changed.notify_all();
@@ -252,43 +272,36 @@ impl Journal {
     ) -> Wakes {
         queue.leader_active = false;
         let mut wakes = Wakes {
-            threads: Vec::with_capacity(batch.len() + 1),
+            answered: vec![Arc::clone(&queue.committing_wake)],
+            leader: None,
             room: false,
         };
-        let failed = outcome.is_err();
         match outcome {
             Ok(appended) => {
                 for (request, appended) in batch.iter().zip(appended) {
                     queue.done.insert(request.id, Ok(appended));
                 }
+                if !queue.waiting.is_empty() {
+                    // Any thread whose append waits can lead the next commit. The first
+                    // append may be of a thread that waits for room in the queue: it must
+                    // hear that nobody leads now.
+                    wakes.leader = Some(Arc::clone(&queue.waiting_wake));
+                    wakes.room = queue.waiting_for_room > 0;
+                }
             }
-            Err(cause) => wakes.threads.extend(self.stop(queue, batch, cause)),
-        }
-        // Each answered appender is woken on its own; the first still waiting leads the next
-        // commit. After a failure every waiter has its answer.
-        wakes
-            .threads
-            .extend(batch.iter().map(|request| Arc::clone(&request.wake)));
-        if failed {
-            wakes.room = true;
-        } else if let Some(next) = queue.waiting.first() {
-            wakes.threads.push(Arc::clone(&next.wake));
-            // The first append may be of a thread that waits for room in the queue, not on
-            // its own condition variable: it must hear that nobody leads now.
-            wakes.room = queue.waiting_for_room > 0;
+            Err(cause) => {
+                // Every waiter has its answer.
+                self.stop(queue, batch, cause);
+                wakes.answered.push(Arc::clone(&queue.waiting_wake));
+                wakes.room = true;
+            }
         }
         wakes
     }
 
     /// Poisons the journal with `cause` and answers the failed batch (whose records may or may
-    /// not be on disk) and every waiter (none of whose records were written); returns the
-    /// waiters to wake.
-    fn stop(
-        &self,
-        queue: &mut CommitQueue,
-        batch: &[Request],
-        cause: FatalCause,
-    ) -> Vec<Arc<Condvar>> {
+    /// not be on disk) and every waiter (none of whose records were written).
+    fn stop(&self, queue: &mut CommitQueue, batch: &[Request], cause: FatalCause) {
         tracing::error!(error = %cause, source = %cause.io_error(), dir = %self.dir.display(), "journal write or sync failed; journal stopped");
         let cause = queue.stopped.get_or_insert(cause).clone();
         for request in batch {
@@ -297,15 +310,12 @@ impl Journal {
             };
             queue.done.insert(request.id, Err(failed));
         }
-        let mut waiters = Vec::new();
         for request in std::mem::take(&mut queue.waiting) {
             let poisoned = Error::Poisoned {
                 cause: cause.clone(),
             };
             queue.done.insert(request.id, Err(poisoned));
-            waiters.push(request.wake);
         }
-        waiters
     }
 
     /// The first failure that stopped the journal, if one did.
@@ -604,33 +614,81 @@ mod tests {
         );
     }
 
-    /// A thread that queued appends and then found the queue full waits for room, not on its
-    /// own condition variable: when the commit in progress ends and hands the lead to that
-    /// thread's first append, the hand-off must still reach it (found in review: nobody led
-    /// again, and every appender waited forever).
-    #[test]
-    fn a_full_queue_whose_first_appends_are_a_waiting_submitters_is_committed() {
+    /// A journal on a simulated disk, with a commit in progress (that commits nothing).
+    fn mid_commit() -> Arc<Journal> {
         let (journal, _) = Journal::open_on(
             Arc::new(SimDisk::new(1)),
             "/journal",
             JournalConfig::default(),
         )
         .unwrap();
-        let journal = Arc::new(journal);
-        // A commit in progress.
         lock(&journal.queue).leader_active = true;
+        Arc::new(journal)
+    }
+
+    /// The appends one commit cannot take (here: more bytes than a commit holds) stay queued
+    /// while their threads wait on the condition variable the commit took: its end wakes them,
+    /// and they are committed by the next leader, not left waiting.
+    #[test]
+    fn appends_a_full_commit_leaves_queued_are_committed_by_the_next() {
+        const THREADS: usize = 48;
+        const RECORD: usize = 16 * 1024;
+        const _: () = assert!(THREADS * ATOMIC_RECORDS_MAX * RECORD > COMMIT_BYTES_MAX);
+        // Every append below queues and its thread waits.
+        let journal = mid_commit();
+        let (done, finished) = std::sync::mpsc::channel();
+        for t in 0..THREADS {
+            let (journal, done) = (Arc::clone(&journal), done.clone());
+            std::thread::spawn(move || {
+                let record = vec![u8::try_from(t).unwrap_or(0); RECORD];
+                let appended = journal.append(vec![record; ATOMIC_RECORDS_MAX]);
+                let _ = done.send(appended.map(|s| s.start().0));
+            });
+        }
+        while lock(&journal.queue).waiting.len() < THREADS {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let wakes = journal.hand_off(&mut lock(&journal.queue), &[], Ok(Vec::new()));
+        wakes.send(&journal.queue_changed);
+        let mut firsts: Vec<u64> = (0..THREADS)
+            .map(|_| {
+                finished
+                    .recv_timeout(std::time::Duration::from_secs(60))
+                    .expect("an append left queued was never committed")
+                    .unwrap()
+            })
+            .collect();
+        firsts.sort_unstable();
+        let expected: Vec<u64> = (0..THREADS as u64)
+            .map(|i| 1 + i * ATOMIC_RECORDS_MAX as u64)
+            .collect();
+        assert_eq!(firsts, expected);
+        let commits = journal.stats().commits;
+        assert!(
+            commits >= 2,
+            "{commits} commit(s): no append was left queued"
+        );
+    }
+
+    /// A thread that queued appends and then found the queue full waits for room, not on the
+    /// waiting appends' condition variable: when the commit in progress ends and hands the lead
+    /// to that thread's first append, the hand-off must still reach it (found in review: nobody
+    /// led again, and every appender waited forever).
+    #[test]
+    fn a_full_queue_whose_first_appends_are_a_waiting_submitters_is_committed() {
+        let journal = mid_commit();
         let (done, finished) = std::sync::mpsc::channel();
         let submitter = Arc::clone(&journal);
         std::thread::spawn(move || {
-            let wake = Arc::new(Condvar::new());
             let mut ids = Vec::new();
             // Fills the queue, then waits for room with one more.
             for n in 0..=COMMIT_QUEUE_LEN_MAX {
                 let payload = vec![u8::try_from(n % 200).unwrap_or(0) + 1; 8];
-                ids.push(submitter.submit(vec![payload], &wake).unwrap());
+                ids.push(submitter.submit(vec![payload]).unwrap());
             }
             for id in ids {
-                submitter.wait_appended(id, &wake).unwrap();
+                submitter.wait_appended(id).unwrap();
             }
             let _ = done.send(());
         });

@@ -22,7 +22,7 @@
 //!   as the blocking call after the batch, its ticket untouched until then.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Condvar};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::Result;
@@ -104,7 +104,6 @@ enum Staging<'a> {
 struct Batched<'a> {
     ledger: &'a Ledger,
     room: Room,
-    wake: &'a Arc<Condvar>,
 }
 
 impl GateStore for Batched<'_> {
@@ -124,10 +123,10 @@ impl GateStore for Batched<'_> {
         before: Option<&Arc<IndexEntry>>,
         events: Vec<Event>,
     ) -> Result<()> {
-        let write =
-            self.ledger
-                .stage_events(key, before.map(|b| &**b), events, self.room, self.wake)?;
-        self.ledger.finish_events(write, self.wake).map(drop)
+        let write = self
+            .ledger
+            .stage_events(key, before.map(|b| &**b), events, self.room)?;
+        self.ledger.finish_events(write).map(drop)
     }
 }
 
@@ -139,7 +138,6 @@ impl Ledger {
     /// calls staged before it are still finished (their appends may be durable, and the
     /// applier needs every durable sequence), and the others still run.
     pub(crate) fn run_batch(&self, calls: Vec<Call>, mut answer: impl FnMut(usize, Answer)) {
-        let wake = Arc::new(Condvar::new());
         let mut staged = Vec::with_capacity(calls.len());
         let mut later = Vec::new();
         for (i, call) in calls.into_iter().enumerate() {
@@ -154,7 +152,7 @@ impl Ledger {
             } else {
                 Room::Overshoot
             };
-            let staging = catch_unwind(AssertUnwindSafe(|| self.stage(call, guard, room, &wake)));
+            let staging = catch_unwind(AssertUnwindSafe(|| self.stage(call, guard, room)));
             match staging {
                 Ok(Staging::Staged(call)) => staged.push((i, *call)),
                 Ok(Staging::Answered(reply)) => answer(i, reply),
@@ -163,7 +161,7 @@ impl Ledger {
             }
         }
         for (i, call) in staged {
-            match catch_unwind(AssertUnwindSafe(|| self.finish_staged(call, &wake))) {
+            match catch_unwind(AssertUnwindSafe(|| self.finish_staged(call))) {
                 Ok(reply) => answer(i, reply),
                 Err(_) => tracing::error!("a batched call panicked while it was finished"),
             }
@@ -194,13 +192,7 @@ impl Ledger {
     }
 
     /// Stages `call`, whose key's lock `guard` holds.
-    fn stage<'a>(
-        &'a self,
-        call: Call,
-        guard: MutexGuard<'a, ()>,
-        room: Room,
-        wake: &Arc<Condvar>,
-    ) -> Staging<'a> {
+    fn stage<'a>(&'a self, call: Call, guard: MutexGuard<'a, ()>, room: Room) -> Staging<'a> {
         match call {
             Call::Begin {
                 key,
@@ -218,19 +210,13 @@ impl Ledger {
                     intent: &intent,
                     primary,
                 };
-                let store = Batched {
-                    ledger: self,
-                    room,
-                    wake,
-                };
+                let store = Batched { ledger: self, room };
                 let admission = self.inner.gate.admit_locked(
                     &store,
                     &key,
                     &request,
                     self.now(),
-                    |before, events| {
-                        self.stage_events(&key, before.map(|b| &**b), events, room, wake)
-                    },
+                    |before, events| self.stage_events(&key, before.map(|b| &**b), events, room),
                 );
                 match admission {
                     Err(e) => Staging::Answered(Answer::Begin(Err(e))),
@@ -275,7 +261,7 @@ impl Ledger {
                 let attempt = ticket.attempt;
                 self.inner.gate.release(&key, attempt);
                 let event = self.event(&key, EventKind::OutcomeReported { attempt, outcome });
-                match self.stage_events(&key, entry.as_deref(), vec![event], room, wake) {
+                match self.stage_events(&key, entry.as_deref(), vec![event], room) {
                     Ok(write) => Staging::Staged(Box::new(Staged {
                         _guard: guard,
                         write,
@@ -292,7 +278,7 @@ impl Ledger {
     }
 
     /// Waits for a staged call's append and answers the call; then its key's lock is released.
-    fn finish_staged(&self, call: Staged<'_>, wake: &Condvar) -> Answer {
+    fn finish_staged(&self, call: Staged<'_>) -> Answer {
         let Staged {
             _guard,
             write,
@@ -301,7 +287,7 @@ impl Ledger {
             then,
         } = call;
         let _enter = span.enter();
-        let written = self.finish_events(write, wake);
+        let written = self.finish_events(write);
         match then {
             Then::Begin {
                 key,

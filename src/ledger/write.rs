@@ -16,7 +16,7 @@ use crate::model::{AttemptNumber, IdempotencyKey, ProviderReference, Sequence, U
 use crate::model::{Event, EventKind, OperationStep};
 use crate::model::{PaymentState, Phase, apply};
 
-use std::sync::{Arc, Condvar};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Ledger, Track, UnknownWait};
@@ -51,22 +51,20 @@ impl Ledger {
         before: Option<&IndexEntry>,
         events: Vec<Event>,
     ) -> Result<Arc<IndexEntry>> {
-        let wake = Arc::new(Condvar::new());
-        let staged = self.stage_events(key, before, events, Room::Wait, &wake)?;
-        self.finish_events(staged, &wake)
+        let staged = self.stage_events(key, before, events, Room::Wait)?;
+        self.finish_events(staged)
     }
 
     /// The first half of [`Ledger::write_events`]: checks `events` against the fold and queues
     /// their append without waiting for it. The caller holds the key's lock until
-    /// [`Ledger::finish_events`] has returned, and calls it (with the same `wake`) before
-    /// anything else can fail: the applier needs every sequence.
+    /// [`Ledger::finish_events`] has returned, and calls it before anything else can fail: the
+    /// applier needs every sequence.
     pub(super) fn stage_events(
         &self,
         key: &IdempotencyKey,
         before: Option<&IndexEntry>,
         events: Vec<Event>,
         room: Room,
-        wake: &Arc<Condvar>,
     ) -> Result<StagedWrite> {
         self.writable()?;
         // Room in the index backlog is taken before appending: a writer waiting for it holds no
@@ -98,7 +96,7 @@ impl Ledger {
             .next_query_at_state(&state, last_at);
         let new_references: Vec<ProviderReference> =
             events.iter().filter_map(started_reference).collect();
-        let append = self.inner.journal.submit(payloads, wake)?;
+        let append = self.inner.journal.submit(payloads)?;
         Ok(StagedWrite {
             append,
             key: key.clone(),
@@ -113,11 +111,7 @@ impl Ledger {
 
     /// The second half of [`Ledger::write_events`]: waits until the append is durable, then
     /// hands it to the index applier. The key's lock is still held.
-    pub(super) fn finish_events(
-        &self,
-        staged: StagedWrite,
-        wake: &Condvar,
-    ) -> Result<Arc<IndexEntry>> {
+    pub(super) fn finish_events(&self, staged: StagedWrite) -> Result<Arc<IndexEntry>> {
         let StagedWrite {
             append,
             key,
@@ -128,7 +122,7 @@ impl Ledger {
             new_references,
             events,
         } = staged;
-        let appended = self.inner.journal.wait_appended(append, wake)?;
+        let appended = self.inner.journal.wait_appended(append)?;
         // Nothing between the append and the submit may fail: the applier needs every sequence.
         let (first, last) = (*appended.sequences.start(), *appended.sequences.end());
         stored.extend(
