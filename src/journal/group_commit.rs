@@ -63,9 +63,10 @@ pub(crate) struct CommitQueue {
     waiting: Vec<Request>,
     /// What the threads whose appends are in `waiting` wait on.
     waiting_wake: Arc<Condvar>,
-    /// What the threads whose appends the commit in progress took wait on: woken all at once
-    /// when it ends (one wake-up call, so that a leader preempted by the first thread it wakes
-    /// does not hold back the others).
+    /// What the threads whose appends were queued when the commit in progress started wait
+    /// on (those it took, and those it left queued at its limits): woken all at once when it
+    /// ends (one wake-up call, so that a leader preempted by the first thread it wakes does not
+    /// hold back the others).
     committing_wake: Arc<Condvar>,
     leader_active: bool,
     /// Appenders waiting for room in a full queue (on `queue_changed`).
