@@ -16,7 +16,10 @@
 //!   its own size (`Room`);
 //! - the first failure to apply stops the ledger (fail-stop): nothing more is applied, every
 //!   later write is refused with the cause, reads still see the overlay; reopening catches the
-//!   index up from its watermark.
+//!   index up from its watermark;
+//! - the applier runs in the background (`index::priority`) only while nobody waits for it and
+//!   the backlog is under half full: whoever waits makes it normal first, under the queue's
+//!   lock, so the applier cannot go back to the background while someone waits.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -30,6 +33,7 @@ use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixM
 use crate::sync::{Condvar, JoinHandle, Mutex, MutexGuard, lock, spawn_named, wait, wait_timeout};
 
 use super::overlay::Overlay;
+use super::priority::{self, Priority, Thread};
 use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, StoredEvent, merged};
 
 /// One durable commit waiting to be applied.
@@ -132,9 +136,38 @@ struct Queue {
     applier_idle: bool,
     /// Callers waiting for the watermark (or for room): the applier applies at once.
     urgent: usize,
+    /// The applier may run in the background (configured, and this process can bring it
+    /// back); cleared if bringing it back ever fails.
+    background_allowed: bool,
+    /// The applier's thread, once it has started, and its priority now.
+    applier: Option<(Thread, Priority)>,
 }
 
 impl Queue {
+    /// Someone waits for the applier, or soon will: the applier hurries and runs at normal
+    /// priority.
+    fn pressed(&self) -> bool {
+        self.stopping || self.urgent > 0 || self.backlog() * 2 >= self.backlog_max
+    }
+
+    /// Sets the applier's priority, if it has started and has another; the calling thread may be
+    /// any. A failure to bring the applier back stops it going to the background again.
+    fn prioritize(&mut self, wanted: Priority) {
+        let Some((thread, now)) = &mut self.applier else {
+            return;
+        };
+        if *now == wanted {
+            return;
+        }
+        match thread.set(wanted) {
+            Ok(()) => *now = wanted,
+            Err(e) if std::mem::take(&mut self.background_allowed) => {
+                tracing::warn!(error = %e, ?wanted, "setting the index applier's priority failed; it no longer goes to the background");
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Durable commits not applied yet: waiting, or being applied.
     fn backlog(&self) -> usize {
         self.pending.len() + self.applying
@@ -193,12 +226,20 @@ pub(crate) struct LiveIndex {
 
 impl LiveIndex {
     /// Starts the applier over `base`, which reflects the journal up to its watermark; at most
-    /// `backlog_max` commits wait for it.
+    /// `backlog_max` commits wait for it. With `background`, the applier runs in the background
+    /// while nobody waits for it, where this process can bring it back.
     ///
     /// # Errors
     /// Reading the watermark; [`Error::Io`] if the thread cannot be started.
-    pub fn start(base: Box<dyn KeyIndex>, backlog_max: usize) -> Result<Self> {
+    pub fn start(base: Box<dyn KeyIndex>, backlog_max: usize, background: bool) -> Result<Self> {
         let applied = base.watermark()?;
+        let background_allowed = background && priority::background_available();
+        if background && !background_allowed {
+            tracing::info!(
+                "the index applier runs at normal priority: this thread may not bring a thread \
+                 back from SCHED_IDLE (it needs nice 0 and CAP_SYS_NICE or RLIMIT_NICE >= 20)"
+            );
+        }
         let shared = Arc::new(Shared {
             base,
             overlay: Mutex::new(Overlay::default()),
@@ -211,6 +252,8 @@ impl LiveIndex {
                 applying: 0,
                 applier_idle: false,
                 urgent: 0,
+                background_allowed,
+                applier: None,
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -246,10 +289,17 @@ impl LiveIndex {
         }
     }
 
+    /// Counts the caller among those waiting for the applier, which it brings to normal
+    /// priority and asks to apply at once rather than gather.
+    fn hasten(&self, queue: &mut Queue) {
+        queue.urgent += 1;
+        queue.prioritize(Priority::Normal);
+        self.shared.work.notify_one();
+    }
+
     /// Waits for the applier's progress, asking it to apply at once rather than gather.
     fn wait_for_applier<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
-        queue.urgent += 1;
-        self.shared.work.notify_one();
+        self.hasten(&mut queue);
         let mut queue = wait(&self.shared.progress, queue);
         queue.urgent -= 1;
         queue
@@ -310,8 +360,7 @@ impl LiveIndex {
             if queue.failed.is_some() || now >= deadline {
                 return false;
             }
-            queue.urgent += 1;
-            self.shared.work.notify_one();
+            self.hasten(&mut queue);
             queue = wait_timeout(&self.shared.progress, queue, deadline - now);
             queue.urgent -= 1;
         }
@@ -384,7 +433,10 @@ impl LiveIndex {
 impl Drop for LiveIndex {
     /// Lets the applier apply every contiguous commit, then flushes the index.
     fn drop(&mut self) {
-        lock(&self.shared.queue).stopping = true;
+        let mut queue = lock(&self.shared.queue);
+        queue.stopping = true;
+        queue.prioritize(Priority::Normal);
+        drop(queue);
         self.shared.work.notify_one();
         if let Some(applier) = self.applier.take()
             && applier.join().is_err()
@@ -403,9 +455,16 @@ impl Drop for LiveIndex {
 /// journal.
 const APPLY_GATHER: Duration = Duration::from_millis(20);
 
-/// The applier: applies contiguous commits in batches until the index is dropped or an
-/// apply fails.
+/// The applier thread: makes itself known for its priority to be set, applies, and is
+/// forgotten before it ends (no priority is set on a thread that has ended).
 fn run_applier(shared: &Shared) {
+    lock(&shared.queue).applier = Some((Thread::current(), Priority::Normal));
+    apply_until_stopped(shared);
+    lock(&shared.queue).applier = None;
+}
+
+/// Applies contiguous commits in batches until the index is dropped or an apply fails.
+fn apply_until_stopped(shared: &Shared) {
     loop {
         let Some((updates, watermark)) = next_batch(shared) else {
             return;
@@ -462,13 +521,17 @@ fn next_batch(shared: &Shared) -> Option<(Vec<KeyUpdate>, IndexWatermark)> {
     let deadline = Instant::now() + APPLY_GATHER;
     loop {
         let now = Instant::now();
-        let hurry = queue.stopping
-            || queue.urgent > 0
-            || queue.pending.len() >= INDEX_APPLY_BATCH_MAX
-            || queue.backlog() * 2 >= queue.backlog_max;
-        if hurry || now >= deadline {
+        let pressed = queue.pressed();
+        if pressed || queue.pending.len() >= INDEX_APPLY_BATCH_MAX || now >= deadline {
             if let Some((updates, watermark)) = queue.take_contiguous(INDEX_APPLY_BATCH_MAX) {
                 queue.applying = updates.len();
+                // Under the lock: a caller that starts waiting after this brings it back.
+                let wanted = if pressed || !queue.background_allowed {
+                    Priority::Normal
+                } else {
+                    Priority::Background
+                };
+                queue.prioritize(wanted);
                 drop(queue);
                 // A key's commits in one batch become one update: its intermediate listings
                 // and entries are never written.
@@ -584,6 +647,88 @@ mod tests {
             "{inner:?}"
         );
     }
+
+    /// The applier's priority as the scheduler has it, once the applier has started.
+    fn applier_priority(index: &LiveIndex) -> Priority {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((thread, _)) = lock(&index.shared.queue).applier {
+                return thread.get().unwrap();
+            }
+            assert!(Instant::now() < deadline, "the applier never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits until the applier is inside `apply` (paused there), then returns its priority.
+    #[cfg(feature = "testing")]
+    fn priority_inside_a_paused_apply(index: &LiveIndex) -> Priority {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&index.shared.queue).applying == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the applier never took the commit"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        applier_priority(index)
+    }
+
+    /// Resumes a paused index when dropped: a failed assertion then fails the test instead of
+    /// leaving the applier paused and the index's drop waiting for it.
+    #[cfg(feature = "testing")]
+    struct Resume(crate::index::IndexFaults);
+
+    #[cfg(feature = "testing")]
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            self.0.resume();
+        }
+    }
+
+    /// An index whose applier pauses inside its first `apply`, and one commit for it.
+    #[cfg(feature = "testing")]
+    fn paused_index(background: bool) -> (LiveIndex, Resume) {
+        let faults = crate::index::IndexFaults::default();
+        faults.pause();
+        let base = crate::index::FaultyIndex::new(
+            Box::new(crate::index::MemIndex::default()),
+            faults.clone(),
+        );
+        let index = LiveIndex::start(Box::new(base), 16, background).unwrap();
+        let update = crate::index::tests::update("k1", 1, None);
+        index.submit(update, Sequence(1), Sequence(1), [0; 32]);
+        (index, Resume(faults))
+    }
+
+    #[test]
+    #[cfg(feature = "testing")]
+    fn the_applier_works_in_the_background_and_whoever_waits_for_it_brings_it_back() {
+        let (index, paused) = paused_index(true);
+        if !priority::background_available() {
+            // This process may not bring a thread back from `SCHED_IDLE`: the applier must
+            // then never go there.
+            assert_eq!(priority_inside_a_paused_apply(&index), Priority::Normal);
+            return;
+        }
+        // One commit, a backlog far from half full, nobody waiting: in the background.
+        assert_eq!(priority_inside_a_paused_apply(&index), Priority::Background);
+        // A caller waiting for the watermark brings it back before it waits.
+        assert!(!index.wait_applied_for(Sequence(1), Duration::from_millis(5)));
+        assert_eq!(applier_priority(&index), Priority::Normal);
+        drop(paused);
+        assert!(index.wait_applied_for(Sequence(1), Duration::from_secs(10)));
+    }
+
+    #[test]
+    #[cfg(feature = "testing")]
+    fn an_applier_not_allowed_the_background_stays_normal() {
+        let (index, paused) = paused_index(false);
+        assert_eq!(priority_inside_a_paused_apply(&index), Priority::Normal);
+        drop(paused);
+        assert!(index.wait_applied_for(Sequence(1), Duration::from_secs(10)));
+        assert_eq!(applier_priority(&index), Priority::Normal);
+    }
 }
 
 #[cfg(all(test, shuttle))]
@@ -615,7 +760,7 @@ mod shuttle_tests {
     /// `writers` threads each write `rounds` commits to one of two keys; every writer checks,
     /// under the key's lock, that the index shows the key's last durable commit.
     fn writers_and_applier(writers: usize, rounds: usize) {
-        let index = Arc::new(LiveIndex::start(Box::new(MemIndex::default()), 4).unwrap());
+        let index = Arc::new(LiveIndex::start(Box::new(MemIndex::default()), 4, false).unwrap());
         let journal = Arc::new(Mutex::new(0u64));
         let keys: Arc<Vec<(IdempotencyKey, Mutex<u64>)>> = Arc::new(
             ["a", "b"]

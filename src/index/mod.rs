@@ -21,6 +21,7 @@ mod layout;
 mod live;
 mod memory;
 mod overlay;
+mod priority;
 #[cfg(feature = "sled")]
 mod sled;
 

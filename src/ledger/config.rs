@@ -64,6 +64,15 @@ pub struct LedgerConfig {
     /// (keys being charged, unknowns) stays cached; a larger cache speeds up random lookups of
     /// old keys.
     pub index_cache_bytes: u64,
+    /// Run the index applier in the background (Linux `SCHED_IDLE`) while nobody waits for it
+    /// and its backlog is under half full; default `true`. Its batches then never hold up a
+    /// thread of the commit path, which matters on machines with few cores (at 32 callers on
+    /// two cores, 10–15% more charges/s; `docs/performance.md`). Whoever waits for the applier
+    /// brings it back to normal first. Takes effect only where the process may bring a thread
+    /// back from `SCHED_IDLE`: a thread at nice 0, with `CAP_SYS_NICE` or an `RLIMIT_NICE` of
+    /// at least 20 (systemd: `LimitNICE=+0`); elsewhere the applier runs at normal priority,
+    /// and says so in the log at open.
+    pub index_applier_background: bool,
     /// Test-only faults of the index applier (feature `testing`).
     #[cfg(feature = "testing")]
     #[doc(hidden)]
@@ -89,6 +98,7 @@ impl Default for LedgerConfig {
             ticket_lease_ms: TICKET_LEASE_MS_DEFAULT,
             index_backlog_max: INDEX_BACKLOG_MAX,
             index_cache_bytes: INDEX_CACHE_BYTES_DEFAULT,
+            index_applier_background: true,
             index_engine: IndexEngine::default(),
             #[cfg(feature = "testing")]
             index_faults: None,

@@ -271,7 +271,11 @@ fn live_index(base: Box<dyn KeyIndex>, config: &LedgerConfig) -> Result<LiveInde
         Some(faults) => Box::new(crate::index::FaultyIndex::new(base, faults.clone())),
         None => base,
     };
-    LiveIndex::start(base, config.index_backlog_max)
+    LiveIndex::start(
+        base,
+        config.index_backlog_max,
+        config.index_applier_background,
+    )
 }
 
 /// `path` made absolute and, where it exists, with symbolic links resolved.

@@ -15,6 +15,7 @@ fn main() {
         ticket_lease_ms,
         index_backlog_max,
         index_cache_bytes,
+        index_applier_background,
         index_engine,
     } = LedgerConfig::default();
     let _ = (
@@ -28,6 +29,7 @@ fn main() {
         ticket_lease_ms,
         index_backlog_max,
         index_cache_bytes,
+        index_applier_background,
         index_engine,
     );
 }
