@@ -20,6 +20,8 @@ struct State {
     applied: AtomicU64,
     paused: Mutex<bool>,
     resumed: Condvar,
+    /// Applies waiting while paused.
+    waiting: AtomicU64,
     failing: AtomicBool,
     /// Reads of a key's entry that fail before reads succeed again.
     failing_gets: AtomicU64,
@@ -74,6 +76,11 @@ impl IndexFaults {
     pub fn applied(&self) -> u64 {
         self.0.applied.load(Ordering::SeqCst)
     }
+
+    /// Applies waiting, paused, right now.
+    pub fn waiting(&self) -> u64 {
+        self.0.waiting.load(Ordering::SeqCst)
+    }
 }
 
 /// An index that obeys [`IndexFaults`].
@@ -93,11 +100,15 @@ impl KeyIndex for FaultyIndex {
     fn apply(&self, updates: &[KeyUpdate], watermark: IndexWatermark) -> Result<()> {
         let state = &self.faults.0;
         let mut paused = lock(&state.paused);
-        while *paused {
-            paused = state
-                .resumed
-                .wait(paused)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *paused {
+            state.waiting.fetch_add(1, Ordering::SeqCst);
+            while *paused {
+                paused = state
+                    .resumed
+                    .wait(paused)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            state.waiting.fetch_sub(1, Ordering::SeqCst);
         }
         drop(paused);
         if state.failing.load(Ordering::SeqCst)

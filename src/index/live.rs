@@ -17,9 +17,10 @@
 //! - the first failure to apply stops the ledger (fail-stop): nothing more is applied, every
 //!   later write is refused with the cause, reads still see the overlay; reopening catches the
 //!   index up from its watermark;
-//! - the applier runs in the background (`index::priority`) only while nobody waits for it and
-//!   the backlog is under half full: whoever waits makes it normal first, under the queue's
-//!   lock, so the applier cannot go back to the background while someone waits.
+//! - the applier works in the background (`index::priority`) only where it holds none of the
+//!   ledger's locks (merging a batch, the engine's write, freeing), only on a batch taken with
+//!   nobody waiting and the backlog under half full, and never while someone waits: a waiter
+//!   brings it back before it waits (`Governor`).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -33,7 +34,7 @@ use crate::model::{IdempotencyKey, PhaseKind, ProviderReference, Sequence, UnixM
 use crate::sync::{Condvar, JoinHandle, Mutex, MutexGuard, lock, spawn_named, wait, wait_timeout};
 
 use super::overlay::Overlay;
-use super::priority::{self, Priority, Thread};
+use super::priority::{self, Governor};
 use super::{IndexEntry, IndexWatermark, KeyIndex, KeyUpdate, StoredEvent, merged};
 
 /// One durable commit waiting to be applied.
@@ -136,36 +137,13 @@ struct Queue {
     applier_idle: bool,
     /// Callers waiting for the watermark (or for room): the applier applies at once.
     urgent: usize,
-    /// The applier may run in the background (configured, and this process can bring it
-    /// back); cleared if bringing it back ever fails.
-    background_allowed: bool,
-    /// The applier's thread, once it has started, and its priority now.
-    applier: Option<(Thread, Priority)>,
 }
 
 impl Queue {
-    /// Someone waits for the applier, or soon will: the applier hurries and runs at normal
+    /// Someone waits for the applier, or soon will: the applier hurries, and stays at normal
     /// priority.
     fn pressed(&self) -> bool {
         self.stopping || self.urgent > 0 || self.backlog() * 2 >= self.backlog_max
-    }
-
-    /// Sets the applier's priority, if it has started and has another; the calling thread may be
-    /// any. A failure to bring the applier back stops it going to the background again.
-    fn prioritize(&mut self, wanted: Priority) {
-        let Some((thread, now)) = &mut self.applier else {
-            return;
-        };
-        if *now == wanted {
-            return;
-        }
-        match thread.set(wanted) {
-            Ok(()) => *now = wanted,
-            Err(e) if std::mem::take(&mut self.background_allowed) => {
-                tracing::warn!(error = %e, ?wanted, "setting the index applier's priority failed; it no longer goes to the background");
-            }
-            Err(_) => {}
-        }
     }
 
     /// Durable commits not applied yet: waiting, or being applied.
@@ -202,6 +180,8 @@ struct Shared {
     work: Condvar,
     /// Writers wait here for room in the backlog, and `wait_applied_for` for the watermark.
     progress: Condvar,
+    /// The applier's priority.
+    governor: Governor,
 }
 
 /// Whether a writer waits for room in the backlog.
@@ -236,8 +216,9 @@ impl LiveIndex {
         let background_allowed = background && priority::background_available();
         if background && !background_allowed {
             tracing::info!(
-                "the index applier runs at normal priority: this thread may not bring a thread \
-                 back from SCHED_IDLE (it needs nice 0 and CAP_SYS_NICE or RLIMIT_NICE >= 20)"
+                "the index applier runs at normal priority: its background priority (Linux \
+                 SCHED_IDLE) needs a thread at nice 0 and SCHED_OTHER, and CAP_SYS_NICE or \
+                 RLIMIT_NICE >= 20 to come back"
             );
         }
         let shared = Arc::new(Shared {
@@ -252,11 +233,10 @@ impl LiveIndex {
                 applying: 0,
                 applier_idle: false,
                 urgent: 0,
-                background_allowed,
-                applier: None,
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
+            governor: Governor::new(background_allowed),
         });
         let applier = {
             let shared = Arc::clone(&shared);
@@ -290,18 +270,24 @@ impl LiveIndex {
     }
 
     /// Counts the caller among those waiting for the applier, which it brings to normal
-    /// priority and asks to apply at once rather than gather.
+    /// priority and asks to apply at once rather than gather; [`Self::unhasten`] ends it.
     fn hasten(&self, queue: &mut Queue) {
         queue.urgent += 1;
-        queue.prioritize(Priority::Normal);
+        self.shared.governor.start_waiting();
         self.shared.work.notify_one();
+    }
+
+    /// The caller no longer waits for the applier.
+    fn unhasten(&self, queue: &mut Queue) {
+        queue.urgent -= 1;
+        self.shared.governor.stop_waiting();
     }
 
     /// Waits for the applier's progress, asking it to apply at once rather than gather.
     fn wait_for_applier<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
         self.hasten(&mut queue);
         let mut queue = wait(&self.shared.progress, queue);
-        queue.urgent -= 1;
+        self.unhasten(&mut queue);
         queue
     }
 
@@ -362,7 +348,7 @@ impl LiveIndex {
             }
             self.hasten(&mut queue);
             queue = wait_timeout(&self.shared.progress, queue, deadline - now);
-            queue.urgent -= 1;
+            self.unhasten(&mut queue);
         }
     }
 
@@ -433,10 +419,9 @@ impl LiveIndex {
 impl Drop for LiveIndex {
     /// Lets the applier apply every contiguous commit, then flushes the index.
     fn drop(&mut self) {
-        let mut queue = lock(&self.shared.queue);
-        queue.stopping = true;
-        queue.prioritize(Priority::Normal);
-        drop(queue);
+        lock(&self.shared.queue).stopping = true;
+        // Waits for the applier until it ends: never stops waiting.
+        self.shared.governor.start_waiting();
         self.shared.work.notify_one();
         if let Some(applier) = self.applier.take()
             && applier.join().is_err()
@@ -455,20 +440,24 @@ impl Drop for LiveIndex {
 /// journal.
 const APPLY_GATHER: Duration = Duration::from_millis(20);
 
-/// The applier thread: makes itself known for its priority to be set, applies, and is
-/// forgotten before it ends (no priority is set on a thread that has ended).
+/// The applier: applies contiguous commits in batches until the index is dropped or an
+/// apply fails. Only the work on a batch nobody waits for that takes none of the ledger's
+/// locks runs in the background (`index::priority`): merging its commits, the engine's
+/// `apply`, and freeing the batch before it.
 fn run_applier(shared: &Shared) {
-    lock(&shared.queue).applier = Some((Thread::current(), Priority::Normal));
-    apply_until_stopped(shared);
-    lock(&shared.queue).applier = None;
-}
-
-/// Applies contiguous commits in batches until the index is dropped or an apply fails.
-fn apply_until_stopped(shared: &Shared) {
+    shared.governor.register_applier();
+    // The previous batch, freed in the next batch's background time rather than at normal
+    // priority: about a kilobyte per commit, for one batch.
+    let mut applied_before = Vec::new();
     loop {
-        let Some((updates, watermark)) = next_batch(shared) else {
+        let Some((batch, watermark, pressed)) = next_batch(shared) else {
             return;
         };
+        let background = !pressed && shared.governor.enter_background();
+        drop(std::mem::take(&mut applied_before));
+        // A key's commits in one batch become one update: its intermediate listings and
+        // entries are never written.
+        let updates = merged(batch);
         let applied =
             std::panic::catch_unwind(AssertUnwindSafe(|| shared.base.apply(&updates, watermark)))
                 .unwrap_or_else(|_| {
@@ -477,6 +466,9 @@ fn apply_until_stopped(shared: &Shared) {
                         std::io::Error::other("the index panicked"),
                     ))
                 });
+        if background {
+            shared.governor.leave();
+        }
         match applied {
             Ok(()) => {
                 lock(&shared.overlay).retire(&updates, watermark.sequence);
@@ -485,6 +477,7 @@ fn apply_until_stopped(shared: &Shared) {
                 queue.applying = 0;
                 drop(queue);
                 shared.progress.notify_all();
+                applied_before = updates;
             }
             Err(e) => {
                 tracing::error!(error = %e, upto = %watermark.sequence, "index update failed; ledger stopped until reopened");
@@ -507,8 +500,9 @@ fn apply_until_stopped(shared: &Shared) {
 }
 
 /// Waits for commits, gathers them for up to [`APPLY_GATHER`] (less when someone waits or the
-/// backlog is half full), and takes a contiguous batch; `None` once stopping with nothing left.
-fn next_batch(shared: &Shared) -> Option<(Vec<KeyUpdate>, IndexWatermark)> {
+/// backlog is half full), and takes a contiguous batch, with whether it was taken in a hurry;
+/// `None` once stopping with nothing left.
+fn next_batch(shared: &Shared) -> Option<(Vec<KeyUpdate>, IndexWatermark, bool)> {
     let mut queue = lock(&shared.queue);
     while queue.pending.is_empty() {
         if queue.stopping {
@@ -525,17 +519,8 @@ fn next_batch(shared: &Shared) -> Option<(Vec<KeyUpdate>, IndexWatermark)> {
         if pressed || queue.pending.len() >= INDEX_APPLY_BATCH_MAX || now >= deadline {
             if let Some((updates, watermark)) = queue.take_contiguous(INDEX_APPLY_BATCH_MAX) {
                 queue.applying = updates.len();
-                // Under the lock: a caller that starts waiting after this brings it back.
-                let wanted = if pressed || !queue.background_allowed {
-                    Priority::Normal
-                } else {
-                    Priority::Background
-                };
-                queue.prioritize(wanted);
                 drop(queue);
-                // A key's commits in one batch become one update: its intermediate listings
-                // and entries are never written.
-                return Some((merged(updates), watermark));
+                return Some((updates, watermark, pressed));
             }
             if queue.stopping {
                 return None; // a gap: a writer died between its append and its submit
@@ -562,6 +547,7 @@ fn index_io_error(error: Error) -> std::io::Error {
 mod tests {
     use super::*;
     use crate::error::IndexError;
+    use crate::index::priority::Priority;
 
     fn commit(first: u64, last: u64) -> (Sequence, Commit) {
         let commit = Commit {
@@ -652,8 +638,8 @@ mod tests {
     fn applier_priority(index: &LiveIndex) -> Priority {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some((thread, _)) = lock(&index.shared.queue).applier {
-                return thread.get().unwrap();
+            if let Some(priority) = index.shared.governor.applier_priority() {
+                return priority;
             }
             assert!(Instant::now() < deadline, "the applier never started");
             std::thread::sleep(Duration::from_millis(1));
@@ -662,9 +648,9 @@ mod tests {
 
     /// Waits until the applier is inside `apply` (paused there), then returns its priority.
     #[cfg(feature = "testing")]
-    fn priority_inside_a_paused_apply(index: &LiveIndex) -> Priority {
+    fn priority_inside_a_paused_apply(index: &LiveIndex, paused: &Resume) -> Priority {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while lock(&index.shared.queue).applying == 0 {
+        while paused.0.waiting() == 0 {
             assert!(
                 Instant::now() < deadline,
                 "the applier never took the commit"
@@ -689,13 +675,18 @@ mod tests {
     /// An index whose applier pauses inside its first `apply`, and one commit for it.
     #[cfg(feature = "testing")]
     fn paused_index(background: bool) -> (LiveIndex, Resume) {
+        paused_index_with_backlog(background, 16)
+    }
+
+    #[cfg(feature = "testing")]
+    fn paused_index_with_backlog(background: bool, backlog_max: usize) -> (LiveIndex, Resume) {
         let faults = crate::index::IndexFaults::default();
         faults.pause();
         let base = crate::index::FaultyIndex::new(
             Box::new(crate::index::MemIndex::default()),
             faults.clone(),
         );
-        let index = LiveIndex::start(Box::new(base), 16, background).unwrap();
+        let index = LiveIndex::start(Box::new(base), backlog_max, background).unwrap();
         let update = crate::index::tests::update("k1", 1, None);
         index.submit(update, Sequence(1), Sequence(1), [0; 32]);
         (index, Resume(faults))
@@ -708,11 +699,17 @@ mod tests {
         if !priority::background_available() {
             // This process may not bring a thread back from `SCHED_IDLE`: the applier must
             // then never go there.
-            assert_eq!(priority_inside_a_paused_apply(&index), Priority::Normal);
+            assert_eq!(
+                priority_inside_a_paused_apply(&index, &paused),
+                Priority::Normal
+            );
             return;
         }
         // One commit, a backlog far from half full, nobody waiting: in the background.
-        assert_eq!(priority_inside_a_paused_apply(&index), Priority::Background);
+        assert_eq!(
+            priority_inside_a_paused_apply(&index, &paused),
+            Priority::Background
+        );
         // A caller waiting for the watermark brings it back before it waits.
         assert!(!index.wait_applied_for(Sequence(1), Duration::from_millis(5)));
         assert_eq!(applier_priority(&index), Priority::Normal);
@@ -722,9 +719,64 @@ mod tests {
 
     #[test]
     #[cfg(feature = "testing")]
+    fn the_applier_is_back_to_normal_before_it_takes_the_overlays_lock() {
+        let (index, paused) = paused_index(true);
+        let expected = if priority::background_available() {
+            Priority::Background
+        } else {
+            Priority::Normal
+        };
+        assert_eq!(priority_inside_a_paused_apply(&index, &paused), expected);
+        // Nobody waits for it: only the applier itself can make itself normal again.
+        drop(paused);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&index.shared.queue).applied.sequence < Sequence(1) {
+            assert!(Instant::now() < deadline, "the batch was never applied");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(applier_priority(&index), Priority::Normal);
+    }
+
+    #[test]
+    #[cfg(feature = "testing")]
+    fn a_writer_waiting_for_room_brings_the_applier_back() {
+        // One commit in a backlog of 4 is under half: the applier takes it in the background.
+        let (index, paused) = paused_index_with_backlog(true, 4);
+        let expected = if priority::background_available() {
+            Priority::Background
+        } else {
+            Priority::Normal
+        };
+        assert_eq!(priority_inside_a_paused_apply(&index, &paused), expected);
+        for sequence in 2..=4 {
+            let update = crate::index::tests::update(&format!("k{sequence}"), sequence, None);
+            index.submit(update, Sequence(sequence), Sequence(sequence), [0; 32]);
+        }
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| index.reserve(Room::Wait));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while lock(&index.shared.queue).urgent == 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the writer never waited for room"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let while_waiting = applier_priority(&index);
+            paused.0.resume();
+            writer.join().unwrap().unwrap();
+            assert_eq!(while_waiting, Priority::Normal);
+        });
+    }
+
+    #[test]
+    #[cfg(feature = "testing")]
     fn an_applier_not_allowed_the_background_stays_normal() {
         let (index, paused) = paused_index(false);
-        assert_eq!(priority_inside_a_paused_apply(&index), Priority::Normal);
+        assert_eq!(
+            priority_inside_a_paused_apply(&index, &paused),
+            Priority::Normal
+        );
         drop(paused);
         assert!(index.wait_applied_for(Sequence(1), Duration::from_secs(10)));
         assert_eq!(applier_priority(&index), Priority::Normal);

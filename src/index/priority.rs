@@ -1,5 +1,5 @@
 //! The index applier's CPU priority: the lowest the scheduler has (Linux `SCHED_IDLE`) while
-//! nobody waits for it, normal while someone does.
+//! it applies a batch nobody waits for, normal otherwise.
 //!
 //! Why: an applier batch keeps a core busy for a few milliseconds. On a machine with few cores,
 //! a journal leader whose sync returns is often made runnable on that core, and it waits there
@@ -7,18 +7,29 @@
 //! the core up to any other thread the moment that thread wakes. The applier is off the commit
 //! path, so it can run on what the callers leave.
 //!
-//! Invariant kept: the applier is in the background only while it can be brought back, and
-//! whoever waits for it brings it back first.
-//! - Linux lets an unprivileged thread leave `SCHED_IDLE` only where `RLIMIT_NICE` allows its
-//!   nice value, or with `CAP_SYS_NICE`. [`background_available`] tries the round trip on a
-//!   throwaway thread; where it fails, the applier stays normal.
-//! - A writer waiting for room, a read waiting for the watermark and closing make the applier
-//!   normal before they wait (`LiveIndex`), so that a machine busy with other threads cannot
-//!   starve a thread others wait for: priority inheritance, by hand.
+//! Invariants kept ([`Governor`]):
+//! - the applier is in the background only where it holds none of the ledger's locks (merging
+//!   a batch, the index engine's `apply`, freeing the batch before): a thread at `SCHED_IDLE`
+//!   can be preempted at any instant, and a lock it held would stop every writer behind it;
+//! - it goes there only while nobody waits for it, and whoever starts waiting brings it back
+//!   (priority inheritance, by hand): a waiter counts itself before it looks whether the
+//!   applier is in the background, and the applier says so before it looks for waiters, so one
+//!   of the two always sees the other (both sequentially consistent); no lock is involved;
+//! - it goes there only where it can come back: Linux lets a thread leave `SCHED_IDLE` only
+//!   where `RLIMIT_NICE` allows its nice value, or with `CAP_SYS_NICE`;
+//!   [`background_available`] tries the round trip on a throwaway thread first.
+//!
+//! What it cannot do: `thread-priority` sets the *calling* thread's nice value to 0 when it sets
+//! any thread's policy, so a waiter at another nice value is refused, rather than reniced. Such
+//! a waiter turns the background off for the rest of the ledger's life (logged once) and waits
+//! for the batch in progress, which ends at the applier's priority of the moment.
 //!
 //! Elsewhere than Linux, and under the schedule explorer, nothing changes priority.
 
 use std::io;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 /// How the scheduler should treat the applier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,18 +55,119 @@ impl Thread {
         imp::set(self.0, priority)
     }
 
-    /// The thread's priority, as the scheduler has it.
-    #[cfg(test)]
-    pub fn get(self) -> io::Result<Priority> {
+    /// The thread's priority, as the scheduler has it; `None` for a policy other than
+    /// `SCHED_OTHER` and `SCHED_IDLE` (real-time, batch), which this module never sets.
+    pub fn get(self) -> io::Result<Option<Priority>> {
         imp::get(self.0)
     }
 }
 
 /// Whether a thread of this process, spawned by the calling thread, can go to the background
-/// and come back. Tried on a throwaway thread, which inherits the calling thread's nice value
-/// as the applier will.
+/// and come back. Tried on a throwaway thread, which inherits the calling thread's policy and
+/// nice value as the applier will; a thread that does not start at `SCHED_OTHER` (the process
+/// runs under `chrt`, say) is left as the operator set it.
 pub(crate) fn background_available() -> bool {
     imp::available()
+}
+
+/// The applier's priority, shared by the applier and the threads that wait for it, without a
+/// lock (see the module's invariants).
+#[derive(Debug)]
+pub(crate) struct Governor {
+    /// Configured, available, and never failed since.
+    allowed: AtomicBool,
+    /// The applier's thread, once it has started.
+    applier: OnceLock<Thread>,
+    /// Set by the applier once it is in the background, before it looks for waiters.
+    in_background: AtomicBool,
+    /// Threads waiting for the applier; counted before they look at `in_background`.
+    waiters: AtomicUsize,
+}
+
+impl Governor {
+    /// A governor for an applier that may go to the background if `allowed`.
+    pub fn new(allowed: bool) -> Self {
+        Self {
+            allowed: AtomicBool::new(allowed),
+            applier: OnceLock::new(),
+            in_background: AtomicBool::new(false),
+            waiters: AtomicUsize::new(0),
+        }
+    }
+
+    /// The applier, as it starts: its thread is the one to govern.
+    pub fn register_applier(&self) {
+        let _ = self.applier.set(Thread::current());
+    }
+
+    /// The applier, before applying a batch that nobody waits for: goes to the background,
+    /// unless it may not or someone waits; returns whether it went (then [`Self::leave`] must
+    /// follow).
+    pub fn enter_background(&self) -> bool {
+        let Some(applier) = self.applier.get() else {
+            return false;
+        };
+        if !self.allowed.load(SeqCst) || self.waiters.load(SeqCst) > 0 {
+            return false;
+        }
+        if let Err(e) = applier.set(Priority::Background) {
+            self.disallow(&e);
+            // The policy may have changed before the call failed (`set` is two system calls).
+            let _ = applier.set(Priority::Normal);
+            return false;
+        }
+        self.in_background.store(true, SeqCst);
+        // A waiter that counted itself before the store above did not see it: look for one.
+        if self.waiters.load(SeqCst) > 0 {
+            self.leave();
+            return false;
+        }
+        true
+    }
+
+    /// The applier, after the batch: back to normal, whether or not a waiter brought it back
+    /// already (setting it again costs one system call, and leaves no doubt).
+    pub fn leave(&self) {
+        self.in_background.store(false, SeqCst);
+        if let Some(applier) = self.applier.get()
+            && let Err(e) = applier.set(Priority::Normal)
+        {
+            self.disallow(&e);
+        }
+    }
+
+    /// A thread starts waiting for the applier: it is counted, and brings the applier back
+    /// from the background if it is there. Ends with [`Self::stop_waiting`], unless the index
+    /// is being dropped.
+    pub fn start_waiting(&self) {
+        self.waiters.fetch_add(1, SeqCst);
+        if self.in_background.load(SeqCst)
+            && let Some(applier) = self.applier.get()
+            && let Err(e) = applier.set(Priority::Normal)
+        {
+            self.disallow(&e);
+        }
+    }
+
+    /// A thread no longer waits for the applier.
+    pub fn stop_waiting(&self) {
+        self.waiters.fetch_sub(1, SeqCst);
+    }
+
+    /// Turns the background off for good after a failure to change the applier's priority.
+    fn disallow(&self, error: &io::Error) {
+        if self.allowed.swap(false, SeqCst) {
+            tracing::warn!(%error, "setting the index applier's priority failed; it no longer goes to the background");
+        }
+    }
+
+    /// The applier's priority as the scheduler has it, once it has started.
+    #[cfg(test)]
+    pub fn applier_priority(&self) -> Option<Priority> {
+        self.applier
+            .get()
+            .and_then(|applier| applier.get().unwrap())
+    }
 }
 
 #[cfg(all(target_os = "linux", not(shuttle)))]
@@ -74,7 +186,7 @@ mod imp {
 
     /// The cross-platform priority (0–99) that `thread_priority` maps to nice 0 for
     /// `SCHED_OTHER` (46–48 do; the crate is pinned, and a test checks the mapping).
-    const NICE_ZERO: u8 = 47;
+    pub(super) const NICE_ZERO: u8 = 47;
 
     pub fn current() -> Native {
         thread_native_id()
@@ -102,14 +214,18 @@ mod imp {
             .map_err(|e| io::Error::other(format!("setting a thread's scheduling policy: {e:?}")))
     }
 
-    #[cfg(test)]
-    pub fn get(native: Native) -> io::Result<Priority> {
+    pub fn get(native: Native) -> io::Result<Option<Priority>> {
         match thread_priority::unix::thread_schedule_policy_param(native) {
             Ok((ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle), _)) => {
-                Ok(Priority::Background)
+                Ok(Some(Priority::Background))
             }
-            Ok(_) => Ok(Priority::Normal),
-            Err(e) => Err(io::Error::other(format!("{e:?}"))),
+            Ok((ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other), _)) => {
+                Ok(Some(Priority::Normal))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(io::Error::other(format!(
+                "reading a thread's scheduling policy: {e:?}"
+            ))),
         }
     }
 
@@ -118,7 +234,9 @@ mod imp {
             .name("payledger-probe".to_string())
             .spawn(|| {
                 let me = Thread::current();
-                me.set(Priority::Background).is_ok() && me.set(Priority::Normal).is_ok()
+                matches!(me.get(), Ok(Some(Priority::Normal)))
+                    && me.set(Priority::Background).is_ok()
+                    && me.set(Priority::Normal).is_ok()
             });
         probe
             .ok()
@@ -157,9 +275,8 @@ mod imp {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 
-    #[cfg(test)]
-    pub fn get(_: Native) -> io::Result<Priority> {
-        Ok(Priority::Normal)
+    pub fn get(_: Native) -> io::Result<Option<Priority>> {
+        Ok(Some(Priority::Normal))
     }
 
     pub fn available() -> bool {
@@ -169,7 +286,31 @@ mod imp {
 
 #[cfg(all(test, target_os = "linux", not(shuttle)))]
 mod tests {
+    use thread_priority::ThreadPriority;
+    use thread_priority::unix::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+
     use super::*;
+
+    #[test]
+    fn the_priority_given_for_normal_is_nice_zero_in_the_pinned_crate() {
+        let value = ThreadPriority::try_from(imp::NICE_ZERO).unwrap();
+        let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+        assert_eq!(value.to_posix(policy).unwrap(), 0);
+    }
+
+    #[test]
+    fn setting_normal_on_a_normal_thread_changes_nothing_and_needs_no_privilege() {
+        std::thread::spawn(|| {
+            let me = Thread::current();
+            assert_eq!(me.get().unwrap(), Some(Priority::Normal));
+            let at_nice_zero = imp::own_nice().unwrap() == 0;
+            assert_eq!(me.set(Priority::Normal).is_ok(), at_nice_zero);
+            assert_eq!(me.get().unwrap(), Some(Priority::Normal));
+            assert_eq!(imp::own_nice().unwrap() == 0, at_nice_zero);
+        })
+        .join()
+        .unwrap();
+    }
 
     /// Whether a fresh thread can go to the background and come back, tried directly.
     fn round_trip_works() -> bool {
@@ -187,7 +328,7 @@ mod tests {
         assert_eq!(available, round_trip_works());
         if !available {
             // This process may not leave `SCHED_IDLE` (no `CAP_SYS_NICE`, `RLIMIT_NICE` below
-            // 20, or not at nice 0): the applier stays normal, which is all there is to check.
+            // 20, or not at nice 0): the applier stays normal, which the index's tests check.
             return;
         }
         let (sent, received) = std::sync::mpsc::channel();
@@ -200,17 +341,17 @@ mod tests {
             (me.get().unwrap(), imp::own_nice().unwrap())
         });
         let worker_thread = received.recv().unwrap();
-        assert_eq!(worker_thread.get().unwrap(), Priority::Background);
+        assert_eq!(worker_thread.get().unwrap(), Some(Priority::Background));
         worker_thread.set(Priority::Normal).unwrap();
-        assert_eq!(worker_thread.get().unwrap(), Priority::Normal);
+        assert_eq!(worker_thread.get().unwrap(), Some(Priority::Normal));
         let me = Thread::current();
-        assert_eq!(me.get().unwrap(), Priority::Normal);
+        assert_eq!(me.get().unwrap(), Some(Priority::Normal));
         assert_eq!(
             imp::own_nice().unwrap(),
             0,
             "the thread that brought it back is unchanged"
         );
         release.send(()).unwrap();
-        assert_eq!(worker.join().unwrap(), (Priority::Normal, 0));
+        assert_eq!(worker.join().unwrap(), (Some(Priority::Normal), 0));
     }
 }

@@ -64,14 +64,18 @@ pub struct LedgerConfig {
     /// (keys being charged, unknowns) stays cached; a larger cache speeds up random lookups of
     /// old keys.
     pub index_cache_bytes: u64,
-    /// Run the index applier in the background (Linux `SCHED_IDLE`) while nobody waits for it
-    /// and its backlog is under half full; default `true`. Its batches then never hold up a
-    /// thread of the commit path, which matters on machines with few cores (at 32 callers on
-    /// two cores, 10–15% more charges/s; `docs/performance.md`). Whoever waits for the applier
-    /// brings it back to normal first. Takes effect only where the process may bring a thread
-    /// back from `SCHED_IDLE`: a thread at nice 0, with `CAP_SYS_NICE` or an `RLIMIT_NICE` of
-    /// at least 20 (systemd: `LimitNICE=+0`); elsewhere the applier runs at normal priority,
-    /// and says so in the log at open.
+    /// Let the index applier work in the background (Linux `SCHED_IDLE`); default `true`. It
+    /// goes there only for the work on a batch that takes none of the ledger's locks (merging,
+    /// the engine's write, freeing), and only when the batch was taken with nobody waiting for
+    /// it and the backlog under half full; whoever starts waiting brings it back first. Its
+    /// batches then do not keep a thread of the commit path from a core, which matters on
+    /// machines with few cores (`docs/performance.md`). Takes effect only where the process
+    /// may bring a thread back from `SCHED_IDLE`, which is tried at open: the opening thread at
+    /// nice 0 and `SCHED_OTHER`, and `CAP_SYS_NICE` or an `RLIMIT_NICE` of at least 20
+    /// (systemd: `LimitNICE=+0`); elsewhere the applier runs at normal priority, and the log
+    /// says so at open. A thread waiting for the applier at a nice value other than 0 cannot
+    /// bring it back: it turns the background off for the rest of the ledger's life (logged)
+    /// and waits for the batch in progress.
     pub index_applier_background: bool,
     /// Test-only faults of the index applier (feature `testing`).
     #[cfg(feature = "testing")]
