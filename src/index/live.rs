@@ -283,10 +283,12 @@ impl LiveIndex {
         self.shared.governor.stop_waiting();
     }
 
-    /// Waits for the applier's progress, asking it to apply at once rather than gather.
+    /// Waits for the applier's progress (or [`priority::RETRY`], after which the caller looks
+    /// again and, still waiting, brings the applier back again), asking it to apply at once
+    /// rather than gather.
     fn wait_for_applier<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
         self.hasten(&mut queue);
-        let mut queue = wait(&self.shared.progress, queue);
+        let mut queue = wait_timeout(&self.shared.progress, queue, priority::RETRY);
         self.unhasten(&mut queue);
         queue
     }
@@ -347,7 +349,8 @@ impl LiveIndex {
                 return false;
             }
             self.hasten(&mut queue);
-            queue = wait_timeout(&self.shared.progress, queue, deadline - now);
+            let wait_for = (deadline - now).min(priority::RETRY);
+            queue = wait_timeout(&self.shared.progress, queue, wait_for);
             self.unhasten(&mut queue);
         }
     }
@@ -423,6 +426,13 @@ impl Drop for LiveIndex {
         // Waits for the applier until it ends: never stops waiting.
         self.shared.governor.start_waiting();
         self.shared.work.notify_one();
+        #[cfg(not(shuttle))]
+        if let Some(applier) = &self.applier {
+            while !applier.is_finished() {
+                std::thread::sleep(CLOSE_POLL);
+                self.shared.governor.bring_back();
+            }
+        }
         if let Some(applier) = self.applier.take()
             && applier.join().is_err()
         {
@@ -433,6 +443,11 @@ impl Drop for LiveIndex {
         }
     }
 }
+
+/// How often closing looks whether the applier has ended, bringing it back from the background
+/// each time (`priority::Governor::bring_back`).
+#[cfg(not(shuttle))]
+const CLOSE_POLL: Duration = Duration::from_millis(1);
 
 /// How long the applier gathers commits before applying them, unless someone waits for it or
 /// the backlog fills: every batch costs the engine a write to its own log (sled also rolls its
@@ -454,21 +469,24 @@ fn run_applier(shared: &Shared) {
             return;
         };
         let background = !pressed && shared.governor.enter_background();
-        drop(std::mem::take(&mut applied_before));
-        // A key's commits in one batch become one update: its intermediate listings and
-        // entries are never written.
-        let updates = merged(batch);
-        let applied =
-            std::panic::catch_unwind(AssertUnwindSafe(|| shared.base.apply(&updates, watermark)))
-                .unwrap_or_else(|_| {
-                    Err(Error::io(
-                        "applying to the index",
-                        std::io::Error::other("the index panicked"),
-                    ))
-                });
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            drop(std::mem::take(&mut applied_before));
+            // A key's commits in one batch become one update: its intermediate listings and
+            // entries are never written.
+            let updates = merged(batch);
+            let applied = shared.base.apply(&updates, watermark);
+            (updates, applied)
+        }));
         if background {
             shared.governor.leave();
         }
+        let (updates, applied) = outcome.unwrap_or_else(|_| {
+            let panicked = std::io::Error::other("the index panicked");
+            (
+                Vec::new(),
+                Err(Error::io("applying to the index", panicked)),
+            )
+        });
         match applied {
             Ok(()) => {
                 lock(&shared.overlay).retire(&updates, watermark.sequence);
@@ -719,7 +737,7 @@ mod tests {
 
     #[test]
     #[cfg(feature = "testing")]
-    fn the_applier_is_back_to_normal_before_it_takes_the_overlays_lock() {
+    fn the_applier_is_back_to_normal_once_its_batch_is_applied() {
         let (index, paused) = paused_index(true);
         let expected = if priority::background_available() {
             Priority::Background
@@ -753,6 +771,8 @@ mod tests {
             index.submit(update, Sequence(sequence), Sequence(sequence), [0; 32]);
         }
         std::thread::scope(|scope| {
+            // Resumed if this closure panics, before the scope joins the waiting writer.
+            let _resume = Resume(paused.0.clone());
             let writer = scope.spawn(|| index.reserve(Room::Wait));
             let deadline = Instant::now() + Duration::from_secs(10);
             while lock(&index.shared.queue).urgent == 0 {

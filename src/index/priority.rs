@@ -13,16 +13,25 @@
 //!   can be preempted at any instant, and a lock it held would stop every writer behind it;
 //! - it goes there only while nobody waits for it, and whoever starts waiting brings it back
 //!   (priority inheritance, by hand): a waiter counts itself before it looks whether the
-//!   applier is in the background, and the applier says so before it looks for waiters, so one
-//!   of the two always sees the other (both sequentially consistent); no lock is involved;
+//!   applier is in the background, and the applier says so before it switches and looks for
+//!   waiters after, so one of the two always sees the other (both sequentially consistent; the
+//!   protocol needs no lock). A waiter's attempt can land just before the applier's switch, so
+//!   waiters try again at least every [`RETRY`] while they wait;
 //! - it goes there only where it can come back: Linux lets a thread leave `SCHED_IDLE` only
 //!   where `RLIMIT_NICE` allows its nice value, or with `CAP_SYS_NICE`;
 //!   [`background_available`] tries the round trip on a throwaway thread first.
 //!
-//! What it cannot do: `thread-priority` sets the *calling* thread's nice value to 0 when it sets
-//! any thread's policy, so a waiter at another nice value is refused, rather than reniced. Such
-//! a waiter turns the background off for the rest of the ledger's life (logged once) and waits
-//! for the batch in progress, which ends at the applier's priority of the moment.
+//! What it cannot do:
+//! - `thread-priority` sets the *calling* thread's nice value to 0 when it sets any thread's
+//!   policy, so a waiter at another nice value is refused, rather than reniced. Such a waiter
+//!   turns the background off for the rest of the ledger's life (logged once) and waits for the
+//!   batch in progress, which ends at the applier's priority of the moment.
+//! - The engine's own locks: sled's batch holds a lock every sled read takes, so with sled
+//!   (and for a read-only ledger's in-memory index) the applier never goes to the background
+//!   (`ledger/open.rs`). fjall's reads share with its batches a read lock held for one
+//!   memtable insert at a time; only if fjall's own worker queues for that lock's write side
+//!   while the applier, preempted mid-insert, holds it, do readers wait for the applier to
+//!   run again.
 //!
 //! Elsewhere than Linux, and under the schedule explorer, nothing changes priority.
 
@@ -70,8 +79,12 @@ pub(crate) fn background_available() -> bool {
     imp::available()
 }
 
-/// The applier's priority, shared by the applier and the threads that wait for it, without a
-/// lock (see the module's invariants).
+/// How long a thread waiting for the applier waits before it tries again to bring it back: an
+/// attempt made as the applier goes to the background can land just before it gets there.
+pub(crate) const RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The applier's priority, shared by the applier and the threads that wait for it; the
+/// protocol needs no lock (see the module's invariants).
 #[derive(Debug)]
 pub(crate) struct Governor {
     /// Configured, available, and never failed since.
@@ -110,13 +123,16 @@ impl Governor {
         if !self.allowed.load(SeqCst) || self.waiters.load(SeqCst) > 0 {
             return false;
         }
+        // Said before the switch, so that every waiter from here on tries to bring it back.
+        // A waiter's attempt may land before the switch: waiters try again while they wait
+        // ([`Self::bring_back`], at most [`RETRY`] apart).
+        self.in_background.store(true, SeqCst);
         if let Err(e) = applier.set(Priority::Background) {
             self.disallow(&e);
             // The policy may have changed before the call failed (`set` is two system calls).
-            let _ = applier.set(Priority::Normal);
+            self.leave();
             return false;
         }
-        self.in_background.store(true, SeqCst);
         // A waiter that counted itself before the store above did not see it: look for one.
         if self.waiters.load(SeqCst) > 0 {
             self.leave();
@@ -126,21 +142,29 @@ impl Governor {
     }
 
     /// The applier, after the batch: back to normal, whether or not a waiter brought it back
-    /// already (setting it again costs one system call, and leaves no doubt).
+    /// already (setting it again costs one system call, and leaves no doubt). If that fails,
+    /// it stays marked as in the background, so that waiters keep trying.
     pub fn leave(&self) {
-        self.in_background.store(false, SeqCst);
-        if let Some(applier) = self.applier.get()
-            && let Err(e) = applier.set(Priority::Normal)
-        {
-            self.disallow(&e);
+        let Some(applier) = self.applier.get() else {
+            return;
+        };
+        match applier.set(Priority::Normal) {
+            Ok(()) => self.in_background.store(false, SeqCst),
+            Err(e) => self.disallow(&e),
         }
     }
 
-    /// A thread starts waiting for the applier: it is counted, and brings the applier back
-    /// from the background if it is there. Ends with [`Self::stop_waiting`], unless the index
-    /// is being dropped.
+    /// A thread starts waiting for the applier: it is counted, then brings the applier back
+    /// if it is in the background. Ends with [`Self::stop_waiting`] (unless the index is being
+    /// dropped); call [`Self::bring_back`] at least every [`RETRY`] while waiting.
     pub fn start_waiting(&self) {
         self.waiters.fetch_add(1, SeqCst);
+        self.bring_back();
+    }
+
+    /// A counted waiter, again: brings the applier back if it is (or is going) in the
+    /// background.
+    pub fn bring_back(&self) {
         if self.in_background.load(SeqCst)
             && let Some(applier) = self.applier.get()
             && let Err(e) = applier.set(Priority::Normal)
@@ -310,6 +334,49 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// Runs `steps` on a thread registered as a governor's applier, with the governor.
+    fn with_applier<T: Send>(governor: &Governor, steps: impl FnOnce(&Governor) -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    governor.register_applier();
+                    steps(governor)
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    #[test]
+    fn an_applier_does_not_go_to_the_background_while_someone_waits() {
+        let governor = Governor::new(background_available());
+        let waiter_first = with_applier(&governor, |governor| {
+            governor.start_waiting();
+            let entered = governor.enter_background();
+            (entered, Thread::current().get().unwrap())
+        });
+        assert_eq!(waiter_first, (false, Some(Priority::Normal)));
+        governor.stop_waiting();
+        let nobody_waiting = with_applier(&governor, |governor| {
+            let entered = governor.enter_background();
+            let inside = Thread::current().get().unwrap();
+            if entered {
+                governor.leave();
+            }
+            (entered, inside, Thread::current().get().unwrap())
+        });
+        let available = background_available();
+        let inside = if available {
+            Priority::Background
+        } else {
+            Priority::Normal
+        };
+        assert_eq!(
+            nobody_waiting,
+            (available, Some(inside), Some(Priority::Normal))
+        );
     }
 
     /// Whether a fresh thread can go to the background and come back, tried directly.

@@ -73,7 +73,8 @@ pub struct LedgerConfig {
     /// may bring a thread back from `SCHED_IDLE`, which is tried at open: the opening thread at
     /// nice 0 and `SCHED_OTHER`, and `CAP_SYS_NICE` or an `RLIMIT_NICE` of at least 20
     /// (systemd: `LimitNICE=+0`); elsewhere the applier runs at normal priority, and the log
-    /// says so at open. A thread waiting for the applier at a nice value other than 0 cannot
+    /// says so at open. Ignored with sled (whose batches hold a lock its reads take) and for a
+    /// read-only ledger. A thread waiting for the applier at a nice value other than 0 cannot
     /// bring it back: it turns the background off for the rest of the ledger's life (logged)
     /// and waits for the batch in progress.
     pub index_applier_background: bool,

@@ -271,11 +271,13 @@ fn live_index(base: Box<dyn KeyIndex>, config: &LedgerConfig) -> Result<LiveInde
         Some(faults) => Box::new(crate::index::FaultyIndex::new(base, faults.clone())),
         None => base,
     };
-    LiveIndex::start(
-        base,
-        config.index_backlog_max,
-        config.index_applier_background,
-    )
+    // sled's batch holds a lock every sled read takes, and a read-only ledger's in-memory
+    // index one its reads take: an applier preempted in the background there would hold up
+    // the readers. fjall's share one only for an insert at a time (`index::priority`).
+    let background = config.index_applier_background
+        && !config.read_only
+        && matches!(config.index_engine, IndexEngine::Fjall);
+    LiveIndex::start(base, config.index_backlog_max, background)
 }
 
 /// `path` made absolute and, where it exists, with symbolic links resolved.
