@@ -91,7 +91,8 @@ pub(crate) struct Governor {
     allowed: AtomicBool,
     /// The applier's thread, once it has started.
     applier: OnceLock<Thread>,
-    /// Set by the applier once it is in the background, before it looks for waiters.
+    /// Set by the applier before it switches to the background (and looks for waiters after),
+    /// cleared once it is back to normal.
     in_background: AtomicBool,
     /// Threads waiting for the applier; counted before they look at `in_background`.
     waiters: AtomicUsize,
