@@ -652,29 +652,40 @@ mod tests {
         );
     }
 
+    /// Polls `done` every millisecond until it holds; fails with `never` after 10 s.
+    fn wait_for(never: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{never}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// The applier's priority as the scheduler has it, once the applier has started.
     fn applier_priority(index: &LiveIndex) -> Priority {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(priority) = index.shared.governor.applier_priority() {
-                return priority;
-            }
-            assert!(Instant::now() < deadline, "the applier never started");
-            std::thread::sleep(Duration::from_millis(1));
+        let mut priority = None;
+        wait_for("the applier never started", || {
+            priority = index.shared.governor.applier_priority();
+            priority.is_some()
+        });
+        priority.unwrap()
+    }
+
+    /// The priority an applier allowed the background has inside a batch nobody waits for.
+    fn background_where_available() -> Priority {
+        if priority::background_available() {
+            Priority::Background
+        } else {
+            Priority::Normal
         }
     }
 
     /// Waits until the applier is inside `apply` (paused there), then returns its priority.
     #[cfg(feature = "testing")]
     fn priority_inside_a_paused_apply(index: &LiveIndex, paused: &Resume) -> Priority {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while paused.0.waiting() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the applier never took the commit"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for("the applier never took the commit", || {
+            paused.0.waiting() > 0
+        });
         applier_priority(index)
     }
 
@@ -739,19 +750,13 @@ mod tests {
     #[cfg(feature = "testing")]
     fn the_applier_is_back_to_normal_once_its_batch_is_applied() {
         let (index, paused) = paused_index(true);
-        let expected = if priority::background_available() {
-            Priority::Background
-        } else {
-            Priority::Normal
-        };
+        let expected = background_where_available();
         assert_eq!(priority_inside_a_paused_apply(&index, &paused), expected);
         // Nobody waits for it: only the applier itself can make itself normal again.
         drop(paused);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while lock(&index.shared.queue).applied.sequence < Sequence(1) {
-            assert!(Instant::now() < deadline, "the batch was never applied");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for("the batch was never applied", || {
+            lock(&index.shared.queue).applied.sequence >= Sequence(1)
+        });
         assert_eq!(applier_priority(&index), Priority::Normal);
     }
 
@@ -760,11 +765,7 @@ mod tests {
     fn a_writer_waiting_for_room_brings_the_applier_back() {
         // One commit in a backlog of 4 is under half: the applier takes it in the background.
         let (index, paused) = paused_index_with_backlog(true, 4);
-        let expected = if priority::background_available() {
-            Priority::Background
-        } else {
-            Priority::Normal
-        };
+        let expected = background_where_available();
         assert_eq!(priority_inside_a_paused_apply(&index, &paused), expected);
         for sequence in 2..=4 {
             let update = crate::index::tests::update(&format!("k{sequence}"), sequence, None);
@@ -774,14 +775,9 @@ mod tests {
             // Resumed if this closure panics, before the scope joins the waiting writer.
             let _resume = Resume(paused.0.clone());
             let writer = scope.spawn(|| index.reserve(Room::Wait));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while lock(&index.shared.queue).urgent == 0 {
-                assert!(
-                    Instant::now() < deadline,
-                    "the writer never waited for room"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            wait_for("the writer never waited for room", || {
+                lock(&index.shared.queue).urgent > 0
+            });
             let while_waiting = applier_priority(&index);
             paused.0.resume();
             writer.join().unwrap().unwrap();
