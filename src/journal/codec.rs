@@ -25,12 +25,17 @@ fn v1_config() -> V1Config {
         .with_limit::<RECORD_PAYLOAD_LEN_MAX>()
 }
 
+/// Bytes reserved up front for an encoded event: more than a charge's events take.
+const EVENT_ENCODED_TYPICAL: usize = 384;
+
 /// Encodes an event as a record payload.
 ///
 /// # Errors
 /// [`Error::Codec`] if the event cannot be encoded, [`Error::TooLarge`] if it exceeds a record.
 pub fn encode_event(event: &Event) -> Result<Vec<u8>> {
-    let mut payload = vec![EVENT_FORMAT_V1];
+    // Room for a typical event, so that encoding does not grow the buffer field by field.
+    let mut payload = Vec::with_capacity(EVENT_ENCODED_TYPICAL);
+    payload.push(EVENT_FORMAT_V1);
     bincode::serde::encode_into_std_write(event, &mut payload, v1_config()).map_err(|e| {
         CodecError::Encode {
             detail: format!("{}: {e}", event.kind.name()),

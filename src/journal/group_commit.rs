@@ -82,6 +82,16 @@ struct Request {
     payloads: Vec<Vec<u8>>,
 }
 
+impl Request {
+    /// Bytes its records take in a commit frame.
+    fn framed_len(&self) -> usize {
+        self.payloads
+            .iter()
+            .map(|p| RECORD_HEADER_LEN + p.len())
+            .sum()
+    }
+}
+
 /// Why creating segment `number` failed, as the journal's fatal cause: an I/O error as it
 /// is, any other failure kept whole as the inner error of one (`get_ref`), so that its typed
 /// cause stays reachable, not only its text.
@@ -250,9 +260,13 @@ impl Journal {
         // Whoever waits on the old `waiting_wake` now waits for this commit (or, if it left
         // their appends in the queue, is woken at its end and waits again).
         queue.committing_wake = std::mem::take(&mut queue.waiting_wake);
+        let held_back = queue.waiting_for_room > 0;
         drop(queue);
-        // Room in the queue: wake the appenders held back by its bound.
-        self.queue_changed.notify_all();
+        // Room in the queue: wake the appenders held back by its bound (a thread that starts
+        // waiting for room after this finds a leader active, whose end wakes it).
+        if held_back {
+            self.queue_changed.notify_all();
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| self.commit_batch(&batch)))
             .unwrap_or_else(|panic| Err(panicked(&*panic)));
         let mut queue = lock(&self.queue);
@@ -365,21 +379,18 @@ impl Journal {
             self.durable_sequence.load(Ordering::Acquire) + 1,
             "a commit starts right after the durable sequence"
         );
-        let mut frame = Frame::new(writer.next_sequence);
+        let framed: usize = batch.iter().map(Request::framed_len).sum();
+        let mut frame = Frame::new(writer.next_sequence, framed);
         let mut appended = Vec::with_capacity(batch.len());
         let mut records = 0u64;
         for request in batch {
-            let need: u64 = request
-                .payloads
-                .iter()
-                .map(|p| (RECORD_HEADER_LEN + p.len()) as u64)
-                .sum();
+            let need = request.framed_len() as u64;
             if writer.offset + frame.len() + need > self.config.segment_len {
                 // Appends never span segments, and a segment is synced before its successor
                 // exists, so a torn commit can only be in the last segment.
                 self.write_and_sync(writer, &mut frame)?;
                 self.roll_over(writer)?;
-                frame = Frame::new(writer.next_sequence);
+                frame = Frame::new(writer.next_sequence, framed);
             }
             let first = writer.next_sequence;
             let count = request.payloads.len();
@@ -423,7 +434,8 @@ impl Journal {
         }
         let bytes = frame.finish();
         assert!(bytes.len() <= COMMIT_BYTES_MAX, "a commit frame is bounded");
-        let path = segment_path(&self.dir, writer.segment);
+        // The path is only for an error's context: not built on the way to every sync.
+        let path = || segment_path(&self.dir, writer.segment);
         writer
             .file
             .write_all_at(bytes, writer.offset)
@@ -432,7 +444,7 @@ impl Journal {
                     format!(
                         "writing {} bytes to {} at offset {}",
                         bytes.len(),
-                        path.display(),
+                        path().display(),
                         writer.offset
                     ),
                     e,
@@ -443,7 +455,7 @@ impl Journal {
         writer
             .file
             .sync_data()
-            .map_err(|e| FatalCause::new(format!("fdatasync of {}", path.display()), e))?;
+            .map_err(|e| FatalCause::new(format!("fdatasync of {}", path().display()), e))?;
         let elapsed = started.elapsed();
         crate::telemetry::journal_commit(bytes.len(), elapsed);
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -534,9 +546,13 @@ struct Frame {
 }
 
 impl Frame {
-    fn new(first_sequence: u64) -> Self {
+    /// An empty frame with room for `records_len` bytes of records, allocated once rather than
+    /// grown record by record inside the commit.
+    fn new(first_sequence: u64, records_len: usize) -> Self {
+        let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + records_len.min(COMMIT_BYTES_MAX));
+        buf.resize(FRAME_HEADER_LEN, 0);
         Self {
-            buf: vec![0; FRAME_HEADER_LEN],
+            buf,
             first_sequence,
             records: 0,
         }
@@ -577,11 +593,7 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> FatalCause {
 fn take_batch(waiting: &mut Vec<Request>) -> Vec<Request> {
     let (mut records, mut bytes, mut count) = (0, FRAME_HEADER_LEN, 0);
     for request in waiting.iter() {
-        let request_bytes: usize = request
-            .payloads
-            .iter()
-            .map(|p| RECORD_HEADER_LEN + p.len())
-            .sum();
+        let request_bytes = request.framed_len();
         let too_many = records + request.payloads.len() > COMMIT_BATCH_RECORDS_MAX
             || bytes + request_bytes > COMMIT_BYTES_MAX;
         if count > 0 && too_many {

@@ -69,6 +69,7 @@ mod ticket;
 mod write;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -103,6 +104,9 @@ struct Inner {
     /// Since when this process has waited for each unknown attempt (of a key's primary or of
     /// one of its operations), on the monotonic clock.
     unknown_since: Mutex<HashMap<(IdempotencyKey, Track), UnknownWait>>,
+    /// How many waits `unknown_since` holds, stored under its lock: a write that ends no wait
+    /// of this process (nearly every write) does not take that lock.
+    unknown_watched: AtomicUsize,
     /// Where the reconciler's scan of in-flight keys resumes, so every key gets its turn.
     in_flight_cursor: Mutex<Option<IdempotencyKey>>,
     /// Where the reconciler's scan of keys with an operation in flight resumes.
@@ -124,6 +128,7 @@ impl Inner {
             config,
             gate: KeyGate::new(),
             unknown_since: Mutex::new(HashMap::new()),
+            unknown_watched: AtomicUsize::new(0),
             in_flight_cursor: Mutex::new(None),
             operations_cursor: Mutex::new(None),
             operations_live: Mutex::new(HashMap::new()),

@@ -17,6 +17,7 @@ use crate::model::{Event, EventKind, OperationStep};
 use crate::model::{PaymentState, Phase, apply};
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Ledger, Track, UnknownWait};
@@ -37,6 +38,14 @@ pub(crate) struct StagedWrite {
     next_query_at: Option<UnixMillis>,
     new_references: Vec<ProviderReference>,
     events: Vec<Event>,
+}
+
+/// The positions of the key's events before the write, with room for the `new` ones.
+fn stored_with_room(before: Option<&IndexEntry>, new: usize) -> Vec<StoredEvent> {
+    let earlier = before.map_or(&[][..], |b| &b.events);
+    let mut stored = Vec::with_capacity(earlier.len() + new);
+    stored.extend_from_slice(earlier);
+    stored
 }
 
 /// How often a wait for the index looks at whether the journal stopped.
@@ -101,7 +110,7 @@ impl Ledger {
             append,
             key: key.clone(),
             before: before.map(Listing::of),
-            stored: before.map_or_else(Vec::new, |b| b.events.clone()),
+            stored: stored_with_room(before, events.len()),
             state,
             next_query_at,
             new_references,
@@ -175,7 +184,16 @@ impl Ledger {
                 self.unknown_wait(key, track, *attempt, *waited_ms);
             }
             _ => {
-                lock(&self.inner.unknown_since).remove(&(key.clone(), track));
+                // Nothing to end while this process watches no wait (a wait is only started by
+                // a write or a read of the same key's unknown attempt, which holds its lock).
+                if self.inner.unknown_watched.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                let mut waits = lock(&self.inner.unknown_since);
+                waits.remove(&(key.clone(), track));
+                self.inner
+                    .unknown_watched
+                    .store(waits.len(), Ordering::Release);
             }
         }
     }
@@ -207,6 +225,9 @@ impl Ledger {
             since: self.monotonic_now(),
         };
         waits.insert(id, wait);
+        self.inner
+            .unknown_watched
+            .store(waits.len(), Ordering::Release);
         Some(wait)
     }
 
@@ -272,5 +293,57 @@ pub(super) fn started_reference(event: &Event) -> Option<ProviderReference> {
             ..
         } => Some(provider_reference.clone()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ledger::{Begin, Ledger, LedgerConfig};
+    use crate::model::tests::intent;
+    use crate::model::{
+        AttemptNumber, IdempotencyKey, Note, Operator, Outcome, Phase, Resolution, TransactionId,
+        UnknownReason,
+    };
+    use crate::sync::lock;
+    use std::sync::atomic::Ordering;
+
+    /// The count a write reads to skip the waits' lock follows the waits: one while an attempt
+    /// is unknown, none once it is settled (a count left at zero with a wait in the map would
+    /// leave that wait behind for good).
+    #[test]
+    fn a_settled_attempt_ends_its_wait_and_the_count_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
+        let watched = |ledger: &Ledger| {
+            let count = ledger.inner.unknown_watched.load(Ordering::Acquire);
+            assert_eq!(count, lock(&ledger.inner.unknown_since).len());
+            count
+        };
+        let key = IdempotencyKey::new("order-1").unwrap();
+        let Begin::Attempt(ticket) = ledger.begin(&key, &intent()).unwrap() else {
+            panic!("a fresh key gets an attempt")
+        };
+        assert_eq!(watched(&ledger), 0);
+        let unknown = Outcome::Unknown {
+            reason: UnknownReason::Timeout,
+        };
+        let state = ledger.record(ticket, unknown).unwrap();
+        assert!(matches!(state.phase, Phase::Unknown { .. }));
+        assert_eq!(watched(&ledger), 1);
+        let resolution = Resolution::Charged {
+            transaction_id: TransactionId::new("ch_1").unwrap(),
+            amount: intent().amount,
+        };
+        let state = ledger
+            .resolve(
+                &key,
+                AttemptNumber::FIRST,
+                resolution,
+                Operator::new("ops").unwrap(),
+                Note::new("seen in the dashboard").unwrap(),
+            )
+            .unwrap();
+        assert!(matches!(state.phase, Phase::Succeeded { .. }));
+        assert_eq!(watched(&ledger), 0);
     }
 }

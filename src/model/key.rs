@@ -157,7 +157,7 @@ impl ProviderReference {
         hasher.update(key.as_str().as_bytes());
         hasher.update(&attempt.get().to_le_bytes());
         let hex = hasher.finalize().to_hex();
-        let text = format!("pl_{}_{}", &hex[..40], attempt.get());
+        let text = reference_text(None, &hex[..40], attempt);
         debug_assert!(text.len() <= PROVIDER_REFERENCE_LEN_MAX);
         Self(text)
     }
@@ -193,7 +193,7 @@ impl ProviderReference {
         hasher.update(&ordinal.to_le_bytes());
         hasher.update(&attempt.get().to_le_bytes());
         let hex = hasher.finalize().to_hex();
-        let text = format!("pl{}_{}_{}", kind.letter(), &hex[..36], attempt.get());
+        let text = reference_text(Some(kind.letter()), &hex[..36], attempt);
         debug_assert!(text.len() <= PROVIDER_REFERENCE_LEN_MAX);
         Self(text)
     }
@@ -203,6 +203,21 @@ impl ProviderReference {
         let (_, number) = self.0.rsplit_once('_')?;
         AttemptNumber::new(number.parse().ok()?).ok()
     }
+}
+
+/// A derived reference's text, `pl` + the operation's letter (none for the charge) + `_` + `hex`
+/// + `_` + the attempt, built in one allocation.
+fn reference_text(letter: Option<char>, hex: &str, attempt: AttemptNumber) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(PROVIDER_REFERENCE_LEN_MAX);
+    text.push_str("pl");
+    text.extend(letter);
+    text.push('_');
+    text.push_str(hex);
+    text.push('_');
+    // Writing into a `String` cannot fail.
+    let _ = write!(text, "{}", attempt.get());
+    text
 }
 
 /// An amount in the currency's minor units (cents for EUR): 1 to
