@@ -55,6 +55,9 @@ pub(crate) struct Writer {
     pub offset: u64,
     pub next_sequence: u64,
     pub head: ChainHash,
+    /// The last commit frame's buffer, emptied, for the next commit to fill: a commit allocates
+    /// nothing for its frame (at most [`COMMIT_BYTES_MAX`] plus a header stays allocated).
+    pub frame_buf: Vec<u8>,
 }
 
 /// Appends waiting for a leader, and the results leaders hand back.
@@ -72,8 +75,17 @@ pub(crate) struct CommitQueue {
     /// Appenders waiting for room in a full queue (on `queue_changed`).
     waiting_for_room: usize,
     stopped: Option<FatalCause>,
-    done: HashMap<u64, Result<Appended>>,
+    done: HashMap<u64, Answer>,
     next_id: u64,
+}
+
+/// A leader's answer to one append, with the append's payloads: they are freed by the thread
+/// that made them, once it has its answer (freed by the leader, they filled its allocator's
+/// cache while the appender's own emptied).
+#[derive(Debug)]
+struct Answer {
+    result: Result<Appended>,
+    payloads: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -233,7 +245,9 @@ impl Journal {
     pub(crate) fn wait_appended(&self, id: u64) -> Result<Appended> {
         let mut queue = lock(&self.queue);
         loop {
-            if let Some(result) = queue.done.remove(&id) {
+            if let Some(Answer { result, payloads }) = queue.done.remove(&id) {
+                drop(queue);
+                drop(payloads);
                 return result;
             }
             queue = if queue.leader_active {
@@ -270,7 +284,7 @@ impl Journal {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.commit_batch(&batch)))
             .unwrap_or_else(|panic| Err(panicked(&*panic)));
         let mut queue = lock(&self.queue);
-        let wakes = self.hand_off(&mut queue, &batch, outcome);
+        let wakes = self.hand_off(&mut queue, batch, outcome);
         // Woken with the queue unlocked, the answered appenders find it free rather than
         // waking only to sleep again on its mutex.
         drop(queue);
@@ -284,7 +298,7 @@ impl Journal {
     fn hand_off(
         &self,
         queue: &mut CommitQueue,
-        batch: &[Request],
+        batch: Vec<Request>,
         outcome: Result<Vec<Appended>, FatalCause>,
     ) -> Wakes {
         queue.leader_active = false;
@@ -295,8 +309,12 @@ impl Journal {
         };
         match outcome {
             Ok(appended) => {
-                for (request, appended) in batch.iter().zip(appended) {
-                    queue.done.insert(request.id, Ok(appended));
+                for (request, appended) in batch.into_iter().zip(appended) {
+                    let answer = Answer {
+                        result: Ok(appended),
+                        payloads: request.payloads,
+                    };
+                    queue.done.insert(request.id, answer);
                 }
                 if !queue.waiting.is_empty() {
                     // Any thread whose append waits can lead the next commit. The first
@@ -318,20 +336,28 @@ impl Journal {
 
     /// Poisons the journal with `cause` and answers the failed batch (whose records may or may
     /// not be on disk) and every waiter (none of whose records were written).
-    fn stop(&self, queue: &mut CommitQueue, batch: &[Request], cause: FatalCause) {
+    fn stop(&self, queue: &mut CommitQueue, batch: Vec<Request>, cause: FatalCause) {
         tracing::error!(error = %cause, source = %cause.io_error(), dir = %self.dir.display(), "journal write or sync failed; journal stopped");
         let cause = queue.stopped.get_or_insert(cause).clone();
         for request in batch {
             let failed = Error::AppendFailed {
                 cause: cause.clone(),
             };
-            queue.done.insert(request.id, Err(failed));
+            let answer = Answer {
+                result: Err(failed),
+                payloads: request.payloads,
+            };
+            queue.done.insert(request.id, answer);
         }
         for request in std::mem::take(&mut queue.waiting) {
             let poisoned = Error::Poisoned {
                 cause: cause.clone(),
             };
-            queue.done.insert(request.id, Err(poisoned));
+            let answer = Answer {
+                result: Err(poisoned),
+                payloads: request.payloads,
+            };
+            queue.done.insert(request.id, answer);
         }
     }
 
@@ -380,7 +406,8 @@ impl Journal {
             "a commit starts right after the durable sequence"
         );
         let framed: usize = batch.iter().map(Request::framed_len).sum();
-        let mut frame = Frame::new(writer.next_sequence, framed);
+        let buf = std::mem::take(&mut writer.frame_buf);
+        let mut frame = Frame::new(writer.next_sequence, buf, framed);
         let mut appended = Vec::with_capacity(batch.len());
         let mut records = 0u64;
         for request in batch {
@@ -390,7 +417,7 @@ impl Journal {
                 // exists, so a torn commit can only be in the last segment.
                 self.write_and_sync(writer, &mut frame)?;
                 self.roll_over(writer)?;
-                frame = Frame::new(writer.next_sequence, framed);
+                frame = Frame::new(writer.next_sequence, frame.buf, framed);
             }
             let first = writer.next_sequence;
             let count = request.payloads.len();
@@ -420,6 +447,7 @@ impl Journal {
         }
         assert_eq!(appended.len(), batch.len(), "one answer per append");
         self.write_and_sync(writer, &mut frame)?;
+        writer.frame_buf = frame.buf;
         self.prepare_next_segment(writer);
         let mut stats = lock(&self.stats);
         stats.records += records;
@@ -532,6 +560,7 @@ impl Journal {
             offset: SEGMENT_HEADER_LEN as u64,
             next_sequence: writer.next_sequence,
             head: writer.head,
+            frame_buf: std::mem::take(&mut writer.frame_buf),
         };
         tracing::debug!(segment = number, "journal segment rolled over");
         Ok(())
@@ -546,10 +575,11 @@ struct Frame {
 }
 
 impl Frame {
-    /// An empty frame with room for `records_len` bytes of records, allocated once rather than
-    /// grown record by record inside the commit.
-    fn new(first_sequence: u64, records_len: usize) -> Self {
-        let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + records_len.min(COMMIT_BYTES_MAX));
+    /// An empty frame in `buf` (emptied; its allocation reused), with room for `records_len`
+    /// bytes of records: not grown record by record inside the commit.
+    fn new(first_sequence: u64, mut buf: Vec<u8>, records_len: usize) -> Self {
+        buf.clear();
+        buf.reserve(FRAME_HEADER_LEN + records_len.min(COMMIT_BYTES_MAX));
         buf.resize(FRAME_HEADER_LEN, 0);
         Self {
             buf,
@@ -664,7 +694,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let wakes = journal.hand_off(&mut lock(&journal.queue), &[], Ok(Vec::new()));
+        let wakes = journal.hand_off(&mut lock(&journal.queue), Vec::new(), Ok(Vec::new()));
         wakes.send(&journal.queue_changed);
         let mut firsts: Vec<u64> = (0..THREADS)
             .map(|_| {
@@ -709,7 +739,7 @@ mod tests {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
         // The commit in progress ends (it committed nothing of the queue).
-        let wakes = journal.hand_off(&mut lock(&journal.queue), &[], Ok(Vec::new()));
+        let wakes = journal.hand_off(&mut lock(&journal.queue), Vec::new(), Ok(Vec::new()));
         wakes.send(&journal.queue_changed);
         finished
             .recv_timeout(std::time::Duration::from_secs(30))

@@ -280,6 +280,7 @@ impl Journal {
                     offset: SEGMENT_HEADER_LEN as u64,
                     next_sequence: 1,
                     head: GENESIS_HASH,
+                    frame_buf: Vec::new(),
                 }
             }
             Some(last) => recovery::recover_last(&*storage, last, acknowledged, &mut report)?,
@@ -365,6 +366,7 @@ impl Journal {
             offset: committed.end,
             next_sequence: committed.last_sequence.saturating_add(1),
             head: committed.head,
+            frame_buf: Vec::new(),
         };
         let journal = Self {
             dir,

@@ -154,6 +154,7 @@ pub(crate) fn recover_last(
         offset: committed.end,
         next_sequence: committed.last_sequence.saturating_add(1),
         head: committed.head,
+        frame_buf: Vec::new(),
     })
 }
 
