@@ -84,8 +84,41 @@ pub(crate) struct CommitQueue {
 /// cache while the appender's own emptied).
 #[derive(Debug)]
 struct Answer {
-    result: Result<Appended>,
+    result: Result<Committed>,
     payloads: Vec<Vec<u8>>,
+}
+
+/// Where a leader wrote one append: its appender makes the [`Appended`] from it (the records'
+/// positions follow from the payloads' lengths), so that the positions are allocated and freed
+/// by the same thread.
+#[derive(Debug)]
+struct Committed {
+    sequences: RangeInclusive<Sequence>,
+    chain_head: ChainHash,
+    /// Where its first record is; the others follow it in the same commit frame.
+    at: RecordPosition,
+}
+
+impl Committed {
+    fn appended(self, payloads: &[Vec<u8>]) -> Appended {
+        let mut offset = self.at.offset;
+        let positions = payloads
+            .iter()
+            .map(|payload| {
+                let position = RecordPosition {
+                    segment: self.at.segment,
+                    offset,
+                };
+                offset += (RECORD_HEADER_LEN + payload.len()) as u64;
+                position
+            })
+            .collect();
+        Appended {
+            sequences: self.sequences,
+            chain_head: self.chain_head,
+            positions,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -247,8 +280,7 @@ impl Journal {
         loop {
             if let Some(Answer { result, payloads }) = queue.done.remove(&id) {
                 drop(queue);
-                drop(payloads);
-                return result;
+                return result.map(|committed| committed.appended(&payloads));
             }
             queue = if queue.leader_active {
                 // Appends are taken from the front of `waiting`, in id order: `id` is there
@@ -299,7 +331,7 @@ impl Journal {
         &self,
         queue: &mut CommitQueue,
         batch: Vec<Request>,
-        outcome: Result<Vec<Appended>, FatalCause>,
+        outcome: Result<Vec<Committed>, FatalCause>,
     ) -> Wakes {
         queue.leader_active = false;
         let mut wakes = Wakes {
@@ -397,7 +429,7 @@ impl Journal {
 
     /// Frames, writes and syncs one batch; the leader runs this without the queue lock. Each
     /// segment's share of the batch is one commit frame, written once and synced once.
-    fn commit_batch(&self, batch: &[Request]) -> Result<Vec<Appended>, FatalCause> {
+    fn commit_batch(&self, batch: &[Request]) -> Result<Vec<Committed>, FatalCause> {
         let mut writer = lock(&self.writer);
         let writer = &mut *writer;
         assert_eq!(
@@ -421,12 +453,11 @@ impl Journal {
             }
             let first = writer.next_sequence;
             let count = request.payloads.len();
-            let mut positions = Vec::with_capacity(count);
+            let at = RecordPosition {
+                segment: writer.segment,
+                offset: writer.offset + frame.len(),
+            };
             for (i, payload) in request.payloads.iter().enumerate() {
-                positions.push(RecordPosition {
-                    segment: writer.segment,
-                    offset: writer.offset + frame.len(),
-                });
                 let batch_left = u32::try_from(count - 1 - i).unwrap_or(u32::MAX);
                 writer.head = encode_record(
                     &mut frame.buf,
@@ -439,10 +470,10 @@ impl Journal {
                 frame.records += 1;
             }
             records += count as u64;
-            appended.push(Appended {
+            appended.push(Committed {
                 sequences: Sequence(first)..=Sequence(writer.next_sequence - 1),
                 chain_head: writer.head,
-                positions,
+                at,
             });
         }
         assert_eq!(appended.len(), batch.len(), "one answer per append");
@@ -657,6 +688,50 @@ mod tests {
             matches!(inner, Some(Error::TooLarge(TooLarge::Records { .. }))),
             "{inner:?}"
         );
+    }
+
+    /// Each record of an append is where its `Appended` says, also for appends of several
+    /// records of different lengths sharing commits (the appender works the positions out from
+    /// its payloads' lengths after the commit).
+    #[test]
+    fn every_record_is_read_back_at_the_position_its_append_returned() {
+        let (journal, _) = Journal::open_on(
+            Arc::new(SimDisk::new(7)),
+            "/journal",
+            JournalConfig::default(),
+        )
+        .unwrap();
+        let journal = Arc::new(journal);
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let journal = Arc::clone(&journal);
+                std::thread::spawn(move || {
+                    let mut written = Vec::new();
+                    for n in 0..20u8 {
+                        let count = usize::from(n % 3) + 1;
+                        let payloads: Vec<Vec<u8>> = (0..count)
+                            .map(|i| vec![t * 32 + n + 1; 1 + usize::from(n) * 7 + i * 13])
+                            .collect();
+                        let appended = journal.append_chained(payloads.clone()).unwrap();
+                        assert_eq!(appended.positions.len(), count);
+                        let sequences = appended.sequences.start().0..=appended.sequences.end().0;
+                        for ((sequence, position), payload) in
+                            sequences.zip(appended.positions).zip(payloads)
+                        {
+                            written.push((Sequence(sequence), position, payload));
+                        }
+                    }
+                    written
+                })
+            })
+            .collect();
+        for thread in threads {
+            for (sequence, position, payload) in thread.join().unwrap() {
+                let record = journal.read_at(position, sequence).unwrap();
+                assert_eq!(record.sequence, sequence);
+                assert_eq!(record.payload, payload);
+            }
+        }
     }
 
     /// A journal on a simulated disk, with a commit in progress (that commits nothing).

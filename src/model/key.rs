@@ -5,7 +5,7 @@
 //! caller or a provider are checked alike and a bad value is an [`InputError`], never a panic.
 
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,14 +30,35 @@ macro_rules! serialize_as_str {
 
 /// Declares a validated string newtype: constructor, accessors, `Display`, and serde through
 /// the same validation.
+///
+/// The text is shared (`Arc<str>`): a clone, made for every state the fold produces and every
+/// update handed to the index, is a count, not an allocation freed later by another thread.
+/// Comparisons, hashes and the serialized bytes are those of the text.
 macro_rules! string_newtype {
     ($(#[$doc:meta])* $name:ident, $field:literal, $check:ident, $min:expr, $max:expr) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-        #[serde(try_from = "String")]
-        pub struct $name(String);
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
 
         serialize_as_str!($name);
+
+        /// Reads the text and validates it as [`Self::new`] does, copying it once.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Text;
+                impl serde::de::Visitor<'_> for Text {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        write!(f, "a {}", $field)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<$name, E> {
+                        $check($field, value, $min, $max).map_err(E::custom)?;
+                        Ok($name(Arc::from(value)))
+                    }
+                }
+                deserializer.deserialize_str(Text)
+            }
+        }
 
         impl $name {
             #[doc = concat!("Validates and wraps a ", $field, ".")]
@@ -47,7 +68,7 @@ macro_rules! string_newtype {
             pub fn new(value: impl Into<String>) -> Result<Self, InputError> {
                 let value = value.into();
                 $check($field, &value, $min, $max)?;
-                Ok(Self(value))
+                Ok(Self(Arc::from(value)))
             }
 
             /// The value as text.
@@ -65,7 +86,7 @@ macro_rules! string_newtype {
 
         impl From<$name> for String {
             fn from(value: $name) -> String {
-                value.0
+                String::from(&*value.0)
             }
         }
 
@@ -159,7 +180,7 @@ impl ProviderReference {
         let hex = hasher.finalize().to_hex();
         let text = reference_text(None, &hex[..40], attempt);
         debug_assert!(text.len() <= PROVIDER_REFERENCE_LEN_MAX);
-        Self(text)
+        Self(Arc::from(text))
     }
 
     /// Derives the provider reference of `attempt` of operation `ordinal` (a capture, void or
@@ -195,7 +216,7 @@ impl ProviderReference {
         let hex = hasher.finalize().to_hex();
         let text = reference_text(Some(kind.letter()), &hex[..36], attempt);
         debug_assert!(text.len() <= PROVIDER_REFERENCE_LEN_MAX);
-        Self(text)
+        Self(Arc::from(text))
     }
 
     /// The attempt number encoded at the end of a derived reference, if it has that shape.
