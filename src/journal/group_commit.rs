@@ -55,8 +55,9 @@ pub(crate) struct Writer {
     pub offset: u64,
     pub next_sequence: u64,
     pub head: ChainHash,
-    /// The last commit frame's buffer, emptied, for the next commit to fill: a commit allocates
-    /// nothing for its frame (at most [`COMMIT_BYTES_MAX`] plus a header stays allocated).
+    /// The last commit frame's buffer, kept for the next commit, which clears it and fills it: a
+    /// commit allocates for its frame only when it is larger than every one before (at most
+    /// [`COMMIT_BYTES_MAX`] plus a frame header stays allocated).
     pub frame_buf: Vec<u8>,
 }
 
@@ -610,7 +611,8 @@ impl Frame {
     /// bytes of records: not grown record by record inside the commit.
     fn new(first_sequence: u64, mut buf: Vec<u8>, records_len: usize) -> Self {
         buf.clear();
-        buf.reserve(FRAME_HEADER_LEN + records_len.min(COMMIT_BYTES_MAX));
+        // Exact: the buffer never holds more than one commit's frame.
+        buf.reserve_exact(FRAME_HEADER_LEN + records_len.min(COMMIT_BYTES_MAX));
         buf.resize(FRAME_HEADER_LEN, 0);
         Self {
             buf,
@@ -695,12 +697,29 @@ mod tests {
     /// its payloads' lengths after the commit).
     #[test]
     fn every_record_is_read_back_at_the_position_its_append_returned() {
-        let (journal, _) = Journal::open_on(
-            Arc::new(SimDisk::new(7)),
-            "/journal",
-            JournalConfig::default(),
-        )
-        .unwrap();
+        records_are_read_back_at_their_positions(JournalConfig::default(), 1);
+    }
+
+    /// The same with segments so small that commits roll over in the middle of their batch:
+    /// the appends after the roll-over are in the next segment, after its header.
+    #[test]
+    fn records_after_a_roll_over_inside_a_commit_are_where_their_append_says() {
+        let config = JournalConfig {
+            segment_len: crate::limits::SEGMENT_LEN_MIN,
+            ..JournalConfig::default()
+        };
+        let segments = records_are_read_back_at_their_positions(config, 2);
+        assert!(
+            segments > 10,
+            "only {segments} segments: no roll-overs to test"
+        );
+    }
+
+    /// Appends from several threads, reads every record back at its position; the number of
+    /// segments the records are in.
+    fn records_are_read_back_at_their_positions(config: JournalConfig, seed: u64) -> usize {
+        let (journal, _) =
+            Journal::open_on(Arc::new(SimDisk::new(seed)), "/journal", config).unwrap();
         let journal = Arc::new(journal);
         let threads: Vec<_> = (0..8u8)
             .map(|t| {
@@ -725,13 +744,16 @@ mod tests {
                 })
             })
             .collect();
+        let mut segments = std::collections::BTreeSet::new();
         for thread in threads {
             for (sequence, position, payload) in thread.join().unwrap() {
                 let record = journal.read_at(position, sequence).unwrap();
                 assert_eq!(record.sequence, sequence);
                 assert_eq!(record.payload, payload);
+                segments.insert(position.segment);
             }
         }
+        segments.len()
     }
 
     /// A journal on a simulated disk, with a commit in progress (that commits nothing).

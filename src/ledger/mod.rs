@@ -104,8 +104,10 @@ struct Inner {
     /// Since when this process has waited for each unknown attempt (of a key's primary or of
     /// one of its operations), on the monotonic clock.
     unknown_since: Mutex<HashMap<(IdempotencyKey, Track), UnknownWait>>,
-    /// How many waits `unknown_since` holds, stored under its lock: a write that ends no wait
-    /// of this process (nearly every write) does not take that lock.
+    /// How many waits `unknown_since` holds, stored under its lock: while it is zero (this
+    /// process watches no unknown attempt at all), a write does not take that lock. One
+    /// long-lived unknown attempt, or one waiting for review, turns the shortcut off for every
+    /// write until it is settled.
     unknown_watched: AtomicUsize,
     /// Where the reconciler's scan of in-flight keys resumes, so every key gets its turn.
     in_flight_cursor: Mutex<Option<IdempotencyKey>>,

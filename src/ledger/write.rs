@@ -185,7 +185,8 @@ impl Ledger {
             }
             _ => {
                 // Nothing to end while this process watches no wait (a wait is only started by
-                // a write or a read of the same key's unknown attempt, which holds its lock).
+                // a write or a read of the same key's unknown attempt, which holds its lock, or
+                // while the ledger opens, before any write).
                 if self.inner.unknown_watched.load(Ordering::Acquire) == 0 {
                     return;
                 }

@@ -33,7 +33,9 @@ macro_rules! serialize_as_str {
 ///
 /// The text is shared (`Arc<str>`): a clone, made for every state the fold produces and every
 /// update handed to the index, is a count, not an allocation freed later by another thread.
-/// Comparisons, hashes and the serialized bytes are those of the text.
+/// Comparisons, hashes and the serialized bytes are those of the text. Making one copies the
+/// text once more than a `String` would (into the shared allocation): values are made once and
+/// cloned many times.
 macro_rules! string_newtype {
     ($(#[$doc:meta])* $name:ident, $field:literal, $check:ident, $min:expr, $max:expr) => {
         $(#[$doc])*
@@ -42,18 +44,25 @@ macro_rules! string_newtype {
 
         serialize_as_str!($name);
 
-        /// Reads the text and validates it as [`Self::new`] does, copying it once.
+        /// Reads the text (a string, or bytes that are UTF-8, as a `String` would) and validates
+        /// it as [`Self::new`] does.
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 struct Text;
                 impl serde::de::Visitor<'_> for Text {
                     type Value = $name;
                     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        write!(f, "a {}", $field)
+                        write!(f, "a valid {}", $field)
                     }
                     fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<$name, E> {
                         $check($field, value, $min, $max).map_err(E::custom)?;
                         Ok($name(Arc::from(value)))
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, value: &[u8]) -> Result<$name, E> {
+                        let text = std::str::from_utf8(value).map_err(|_| {
+                            E::invalid_value(serde::de::Unexpected::Bytes(value), &self)
+                        })?;
+                        self.visit_str(text)
                     }
                 }
                 deserializer.deserialize_str(Text)
@@ -226,8 +235,9 @@ impl ProviderReference {
     }
 }
 
-/// A derived reference's text, `pl` + the operation's letter (none for the charge) + `_` + `hex`
-/// + `_` + the attempt, built in one allocation.
+/// A derived reference's text: `pl`, the operation's letter (none for the charge), `_`, `hex`,
+/// `_` and the attempt, written into a string of its final capacity (`format!` grew its buffer
+/// on the way).
 fn reference_text(letter: Option<char>, hex: &str, attempt: AttemptNumber) -> String {
     use std::fmt::Write as _;
     let mut text = String::with_capacity(PROVIDER_REFERENCE_LEN_MAX);
@@ -457,5 +467,49 @@ impl Sequence {
 impl fmt::Display for Sequence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::value::{BytesDeserializer, Error as ValueError, StrDeserializer};
+
+    /// A string newtype reads from a string or from UTF-8 bytes (as a `String` does, for formats
+    /// that hand text over as bytes), and validates either as `new` does.
+    #[test]
+    fn a_newtype_reads_text_or_utf8_bytes_and_validates_both() {
+        let from_str =
+            IdempotencyKey::deserialize(StrDeserializer::<ValueError>::new("order-1")).unwrap();
+        let from_bytes =
+            IdempotencyKey::deserialize(BytesDeserializer::<ValueError>::new(b"order-1")).unwrap();
+        assert_eq!(from_str, IdempotencyKey::new("order-1").unwrap());
+        assert_eq!(from_bytes, from_str);
+        let spaced = IdempotencyKey::deserialize(StrDeserializer::<ValueError>::new("order 1"));
+        assert!(spaced.is_err(), "a space is not visible ASCII");
+        let not_utf8 =
+            IdempotencyKey::deserialize(BytesDeserializer::<ValueError>::new(&[0x6f, 0xff]));
+        let message = not_utf8.unwrap_err().to_string();
+        assert!(message.contains("a valid idempotency key"), "{message}");
+    }
+
+    /// Shared text changes nothing a caller sees: equality, order and hashes are the text's,
+    /// and a clone is the same text.
+    #[test]
+    fn a_clone_is_the_same_text_and_compares_as_text() {
+        use std::collections::hash_map::DefaultHasher;
+        use std::hash::{Hash, Hasher};
+        let hash = |value: &dyn Fn(&mut DefaultHasher)| {
+            let mut hasher = DefaultHasher::new();
+            value(&mut hasher);
+            hasher.finish()
+        };
+        let a = IdempotencyKey::new("order-a").unwrap();
+        let b = IdempotencyKey::new("order-b").unwrap();
+        assert_eq!(a.clone(), a);
+        assert!(a < b);
+        assert_eq!(hash(&|h| a.hash(h)), hash(&|h| "order-a".hash(h)));
+        assert_eq!(String::from(a.clone()), "order-a");
+        assert_eq!(format!("{a:?}"), "IdempotencyKey(\"order-a\")");
     }
 }
