@@ -80,6 +80,17 @@ pub(crate) struct CommitQueue {
     next_id: u64,
 }
 
+impl CommitQueue {
+    /// Files `result` for `request`'s appender, with its payloads for it to free.
+    fn answer(&mut self, request: Request, result: Result<Committed>) {
+        let answer = Answer {
+            result,
+            payloads: request.payloads,
+        };
+        self.done.insert(request.id, answer);
+    }
+}
+
 /// A leader's answer to one append, with the append's payloads: they are freed by the thread
 /// that made them, once it has its answer (freed by the leader, they filled its allocator's
 /// cache while the appender's own emptied).
@@ -343,11 +354,7 @@ impl Journal {
         match outcome {
             Ok(appended) => {
                 for (request, appended) in batch.into_iter().zip(appended) {
-                    let answer = Answer {
-                        result: Ok(appended),
-                        payloads: request.payloads,
-                    };
-                    queue.done.insert(request.id, answer);
+                    queue.answer(request, Ok(appended));
                 }
                 if !queue.waiting.is_empty() {
                     // Any thread whose append waits can lead the next commit. The first
@@ -376,21 +383,13 @@ impl Journal {
             let failed = Error::AppendFailed {
                 cause: cause.clone(),
             };
-            let answer = Answer {
-                result: Err(failed),
-                payloads: request.payloads,
-            };
-            queue.done.insert(request.id, answer);
+            queue.answer(request, Err(failed));
         }
         for request in std::mem::take(&mut queue.waiting) {
             let poisoned = Error::Poisoned {
                 cause: cause.clone(),
             };
-            let answer = Answer {
-                result: Err(poisoned),
-                payloads: request.payloads,
-            };
-            queue.done.insert(request.id, answer);
+            queue.answer(request, Err(poisoned));
         }
     }
 
